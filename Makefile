@@ -1,0 +1,38 @@
+# meterray: `make demo` and `make test` are the two commands; both go through `make install`.
+SHELL := /bin/bash
+VENV  ?= .venv
+PY    := $(VENV)/bin/python
+export RAY_AUTH_MODE ?= disabled
+export RAY_USAGE_STATS_ENABLED ?= 0
+
+.PHONY: install services-up services-down migrate demo test bench-modbus clean
+
+install: $(VENV)/.installed
+
+$(VENV)/.installed: pyproject.toml scripts/system-deps.sh
+	bash scripts/system-deps.sh
+	test -x $(PY) || python3 -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -e '.[dev]'
+	touch $@
+
+services-up: install
+	$(VENV)/bin/meterray services up
+
+services-down:
+	bash scripts/services.sh down
+
+migrate: services-up
+	$(VENV)/bin/meterray migrate
+
+demo: migrate
+	$(VENV)/bin/meterray demo --meters 50 --interval 5
+
+test: migrate
+	$(PY) -m pytest -q
+
+bench-modbus: migrate
+	$(VENV)/bin/meterray bench modbus --meters 500 --interval 1 --seconds 60
+
+clean: services-down
+	rm -rf var $(VENV)

@@ -1,0 +1,87 @@
+"""DeviceProcessor: owns the Kafka partitions of `readings.raw` assigned to it and every device there.
+
+For each batch: decode, validate against each device's state (flags, never drops), publish the
+readings and the state transitions, checkpoint the touched states to PostgreSQL, then commit.
+"""
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+
+import asyncpg
+import ray
+from confluent_kafka import Message
+
+from actors.consumer_stage import ConsumerStage, StageHost
+from actors.device_state import DeviceState
+from meterray import metrics
+from meterray.domain import PollFailure, ReadingBatch
+from meterray.settings import Settings
+from storage.kafka import codec, topics
+from storage.kafka.consumer import AsyncConsumer
+from storage.kafka.producer import AsyncProducer
+from storage.postgres import devices as device_repo
+
+GROUP_ID = "meterray-device-processor"
+
+
+class DeviceProcessorCore(ConsumerStage):
+    role = "device-processor"
+
+    def __init__(self, settings: Settings, pool: asyncpg.Pool, producer: AsyncProducer) -> None:
+        super().__init__(AsyncConsumer(settings.kafka_bootstrap, settings.topic(GROUP_ID),
+                                       [settings.topic(topics.READINGS_RAW)]))
+        self._settings = settings
+        self._pool = pool
+        self._producer = producer
+        self._states: dict[str, DeviceState] = {}
+        self._out_readings = settings.topic(topics.READINGS)
+        self._out_events = settings.topic(topics.DEVICE_EVENTS)
+        self._dlq = settings.topic(topics.READINGS_DLQ)
+
+    async def handle(self, messages: Sequence[Message]) -> None:
+        items: list[tuple[Message, ReadingBatch | PollFailure]] = []
+        out: list[tuple[str, int, bytes | None, bytes]] = []
+        for m in messages:
+            try:
+                items.append((m, codec.decode(m.value())))
+            except codec.CodecError as err:
+                out.append((self._dlq, m.partition(), m.key(), codec.encode_dead_letter(
+                    str(err), m.value(), stage=self.role, topic=m.topic(), partition=m.partition(), offset=m.offset())))
+        await self._load_states({item.device_id for _, item in items})
+        now_ms = int(time.time() * 1000)
+        touched: dict[str, DeviceState] = {}
+        n_readings = 0
+        for m, item in items:
+            state = self._states[item.device_id]
+            batch, events = state.apply(item, now_ms)
+            touched[item.device_id] = state
+            key = item.device_id.encode()
+            if batch is not None:
+                n_readings += len(batch.values)
+                out.append((self._out_readings, m.partition(), key, codec.encode(batch)))
+            for e in events:
+                out.append((self._out_events, m.partition(), key, codec.encode_event(e)))
+                metrics.device_events().inc(tags={"kind": e.kind, "status": e.status.value})
+        await self._producer.send_many(out)
+        await device_repo.save_states(self._pool, [s.to_row() for s in touched.values()])
+        metrics.readings().inc(n_readings, tags={"stage": self.role})
+        dlq = len(messages) - len(items)
+        if dlq:
+            metrics.dead_letters().inc(dlq, tags={"stage": self.role})
+
+    async def _load_states(self, device_ids: set[str]) -> None:
+        missing = device_ids - self._states.keys()
+        if not missing:
+            return
+        rows = await device_repo.load_states(self._pool, missing)
+        for device_id in missing:
+            row = rows.get(device_id)
+            self._states[device_id] = DeviceState.from_row(row) if row else DeviceState(device_id)
+
+
+@ray.remote(num_cpus=0, max_restarts=0)
+class DeviceProcessor(StageHost):
+    """Ray actor around DeviceProcessorCore; the supervisor recreates it when it dies."""
+
+    core_class = DeviceProcessorCore

@@ -1,0 +1,212 @@
+"""ModbusShard: owns up to a few thousand Modbus TCP connections, one asyncio task each.
+
+Each connection is polled on a fixed grid of slots (its interval, phase-shifted by a stable hash so
+connections do not all fire at once). A reading's timestamp is its slot, so a repeated poll of a slot
+is the same key downstream. Devices behind one endpoint are read one request at a time (RTU
+gateways allow no more). Results and failures go to Kafka `readings.raw`, keyed by device.
+"""
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import struct
+import time
+import zlib
+from collections import deque
+from collections.abc import Iterable
+
+import ray
+
+from meterray import metrics
+from meterray.backoff import Backoff
+from meterray.domain import FailureKind, ModbusConnection, PollFailure, ReadingBatch
+from meterray.settings import Settings
+from protocols.modbus.client import ModbusEndpoint, ModbusError
+from protocols.modbus.profiles import PROFILES
+from storage.kafka import codec, topics
+from storage.kafka.producer import AsyncProducer
+
+log = logging.getLogger(__name__)
+
+# Failures after which the endpoint itself is suspect: reconnect with backoff before polling again.
+_ENDPOINT_FAILURES = {FailureKind.CONNECTION_LOST, FailureKind.CONNECTION_REFUSED}
+
+
+class PollStats:
+    """Counters and recent poll latencies (poll start → Kafka acknowledgement) of one shard."""
+
+    def __init__(self) -> None:
+        self.polls_ok = 0
+        self.polls_failed = 0
+        self.readings = 0
+        self.dead_letters = 0
+        self.overruns = 0  # slots skipped because the previous cycle ran late
+        self.latencies_ms: deque[float] = deque(maxlen=50_000)
+
+    def summary(self) -> dict[str, object]:
+        lat = sorted(self.latencies_ms)
+        pick = (lambda q: round(lat[min(len(lat) - 1, int(q * len(lat)))], 2)) if lat else (lambda q: None)
+        return {"polls_ok": self.polls_ok, "polls_failed": self.polls_failed, "readings": self.readings,
+                "dead_letters": self.dead_letters, "overruns": self.overruns,
+                "p50_ms": pick(0.50), "p99_ms": pick(0.99), "latency_samples": len(lat)}
+
+
+class ModbusShardCore:
+    def __init__(self, settings: Settings, producer: AsyncProducer) -> None:
+        self._settings = settings
+        self._producer = producer
+        self._raw_topic = settings.topic(topics.READINGS_RAW)
+        self._dlq_topic = settings.topic(topics.READINGS_DLQ)
+        self._tasks: dict[str, tuple[ModbusConnection, asyncio.Task[None]]] = {}
+        self.stats = PollStats()
+
+    async def assign(self, connections: Iterable[ModbusConnection]) -> dict[str, int]:
+        """Make the shard run exactly these connections; untouched ones keep running."""
+        wanted = {c.connection_id: c for c in connections}
+        stopped = [cid for cid, (c, _) in self._tasks.items() if wanted.get(cid) != c]
+        for cid in stopped:
+            _, task = self._tasks.pop(cid)
+            task.cancel()
+        started = 0
+        for cid, conn in wanted.items():
+            if cid not in self._tasks:
+                self._tasks[cid] = (conn, asyncio.create_task(self._poll_connection(conn), name=f"modbus:{cid}"))
+                started += 1
+        return {"running": len(self._tasks), "started": started, "stopped": len(stopped)}
+
+    async def stop(self) -> None:
+        for _, task in self._tasks.values():
+            task.cancel()
+        await asyncio.gather(*(t for _, t in self._tasks.values()), return_exceptions=True)
+        self._tasks.clear()
+
+    async def _poll_connection(self, conn: ModbusConnection) -> None:
+        interval_ms = int(conn.poll_interval_s * 1000)
+        phase_ms = zlib.crc32(conn.connection_id.encode()) % interval_ms
+        endpoint = ModbusEndpoint(conn.host, conn.port, conn.timeout_s)
+        backoff = Backoff(cap_s=30.0)
+        connected = False
+        slot = _next_slot(_now_ms(), interval_ms, phase_ms)
+        try:
+            while True:
+                await asyncio.sleep(max(0.0, (slot - _now_ms()) / 1000))
+                if not connected:
+                    try:
+                        await endpoint.connect()
+                        connected = True
+                    except ModbusError as err:
+                        await self._publish([], [self._failure(d.device_id, slot, conn, err.kind, str(err))
+                                                 for d in conn.devices], [], conn)
+                        delay_ms = backoff.next_delay() * 1000
+                        slot = _next_slot(_now_ms() + delay_ms, interval_ms, phase_ms)
+                        continue
+                connected = await self._poll_cycle(conn, endpoint, slot)
+                if connected:
+                    backoff.reset()
+                    slot += interval_ms
+                    if slot <= _now_ms():
+                        self.stats.overruns += 1
+                        slot = _next_slot(_now_ms(), interval_ms, phase_ms)
+                else:
+                    await endpoint.close()
+                    slot = _next_slot(_now_ms() + backoff.next_delay() * 1000, interval_ms, phase_ms)
+        finally:
+            await endpoint.close()
+
+    async def _poll_cycle(self, conn: ModbusConnection, endpoint: ModbusEndpoint, slot: int) -> bool:
+        """Read every device once; returns False when the endpoint must be reconnected."""
+        started = time.perf_counter()
+        batches: list[ReadingBatch] = []
+        failures: list[PollFailure] = []
+        dead: list[tuple[str, bytes, str]] = []
+        healthy = True
+        source = f"modbus://{conn.host}:{conn.port}"
+        for device in conn.devices:
+            if not healthy:  # the endpoint is gone: every remaining device shares that failure
+                failures.append(self._failure(device.device_id, slot, conn, failures[-1].kind, failures[-1].detail))
+                continue
+            try:
+                values, problems = await endpoint.read_device(PROFILES[device.profile], device.unit_id)
+            except ModbusError as err:
+                failures.append(self._failure(device.device_id, slot, conn, err.kind, str(err)))
+                healthy = err.kind not in _ENDPOINT_FAILURES
+                continue
+            if values:
+                batches.append(ReadingBatch(device.device_id, slot, f"{source}/{device.unit_id}", tuple(values)))
+            if problems:
+                detail = "; ".join(f"{p.quantity} @0x{p.address:04X}: {p.reason}" for p in problems[:4])
+                failures.append(self._failure(device.device_id, slot, conn, FailureKind.BAD_RESPONSE, detail))
+                for p in problems:
+                    raw = struct.pack(f">{len(p.raw_words)}H", *p.raw_words)
+                    dead.append((device.device_id, raw, f"{p.quantity} @0x{p.address:04X}: {p.reason}"))
+        await self._publish(batches, failures, dead, conn)
+        elapsed_ms = (time.perf_counter() - started) * 1000
+        per_device = elapsed_ms  # the whole cycle is what each device's data waited for
+        for _ in conn.devices:
+            self.stats.latencies_ms.append(per_device)
+        metrics.poll_latency_ms().observe(per_device, tags={"protocol": "modbus"})
+        return healthy
+
+    async def _publish(self, batches: list[ReadingBatch], failures: list[PollFailure],
+                       dead: list[tuple[str, bytes, str]], conn: ModbusConnection) -> None:
+        parts = self._settings.kafka_partitions
+        out = [(self._raw_topic, topics.partition_for(b.device_id, parts), b.device_id.encode(), codec.encode(b))
+               for b in batches]
+        out += [(self._raw_topic, topics.partition_for(f.device_id, parts), f.device_id.encode(), codec.encode(f))
+                for f in failures]
+        out += [(self._dlq_topic, topics.partition_for(d, parts), d.encode(),
+                 codec.encode_dead_letter(reason, raw, stage="modbus-shard", device_id=d, connection=conn.connection_id))
+                for d, raw, reason in dead]
+        await self._producer.send_many(out)
+        n_readings = sum(len(b.values) for b in batches)
+        self.stats.polls_ok += len(batches)
+        self.stats.polls_failed += len(failures)
+        self.stats.readings += n_readings
+        self.stats.dead_letters += len(dead)
+        if batches:
+            metrics.polls().inc(len(batches), tags={"protocol": "modbus", "outcome": "ok"})
+            metrics.readings().inc(n_readings, tags={"stage": "modbus-shard"})
+        if failures:
+            metrics.polls().inc(len(failures), tags={"protocol": "modbus", "outcome": "failed"})
+        if dead:
+            metrics.dead_letters().inc(len(dead), tags={"stage": "modbus-shard"})
+
+    @staticmethod
+    def _failure(device_id: str, slot: int, conn: ModbusConnection, kind: FailureKind, detail: str) -> PollFailure:
+        return PollFailure(device_id, slot, f"modbus://{conn.host}:{conn.port}", kind, detail)
+
+
+def _now_ms() -> int:
+    return int(time.time() * 1000)
+
+
+def _next_slot(after_ms: float, interval_ms: int, phase_ms: int) -> int:
+    """The first slot (phase + k·interval) at or after `after_ms`."""
+    k = -(-(int(after_ms) - phase_ms) // interval_ms)
+    return phase_ms + k * interval_ms
+
+
+@ray.remote(num_cpus=0, max_restarts=0)
+class ModbusShard:
+    """Ray actor around ModbusShardCore; the supervisor recreates it (same assignment) when it dies."""
+
+    def __init__(self, settings: Settings) -> None:
+        logging.basicConfig(level=settings.log_level)
+        self._producer = AsyncProducer(settings.kafka_bootstrap)
+        self._core = ModbusShardCore(settings, self._producer)
+
+    async def assign(self, connections: list[ModbusConnection]) -> dict[str, int]:
+        await self._producer.start()
+        return await self._core.assign(connections)
+
+    async def ping(self) -> dict[str, object]:
+        return {"role": "modbus-shard", "pid": os.getpid(), "connections": len(self._core._tasks),
+                **self._core.stats.summary()}
+
+    async def reset_stats(self) -> None:
+        self._core.stats = PollStats()
+
+    async def stop(self) -> None:
+        await self._core.stop()
+        await self._producer.close()

@@ -1,0 +1,1 @@
+"""meterray: actor-based ingestion runtime for electricity meters, on Ray."""

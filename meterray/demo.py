@@ -1,0 +1,137 @@
+"""`meterray run` and `meterray demo`: start everything, say where it is, stop cleanly on Ctrl-C."""
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections import defaultdict
+from pathlib import Path
+
+import asyncpg
+
+from meterray.domain import DeviceSpec, ModbusConnection
+from meterray.settings import Settings
+
+SIM_PREFIX = "sim-"
+DEMO_BASE_PORT = 15020
+
+
+def manifest_connections(manifest: list[dict], interval_s: float, timeout_s: float) -> list[ModbusConnection]:
+    """Group a simulator manifest's meters by endpoint: one connection per TCP port."""
+    by_endpoint: dict[tuple[str, int], list[DeviceSpec]] = defaultdict(list)
+    for m in manifest:
+        by_endpoint[(m["host"], int(m["port"]))].append(DeviceSpec(m["device_id"], m["profile"], int(m["unit_id"])))
+    return [
+        ModbusConnection(f"{SIM_PREFIX}{host}:{port}", host, port, interval_s, timeout_s, tuple(devs))
+        for (host, port), devs in sorted(by_endpoint.items())
+    ]
+
+
+async def _register(settings: Settings, connections: list[ModbusConnection]) -> None:
+    from storage.postgres.devices import save_modbus_connections
+
+    conn = await asyncpg.connect(settings.pg_dsn)
+    try:
+        async with conn.transaction():
+            # Simulated meters of an earlier run that this manifest no longer has are removed.
+            await conn.execute("DELETE FROM devices.connections WHERE id LIKE $1 AND NOT id = ANY($2::text[])",
+                               SIM_PREFIX + "%", [c.connection_id for c in connections])
+            await save_modbus_connections(conn, connections)
+    finally:
+        await conn.close()
+
+
+def register_manifest(settings: Settings, path: str | Path, interval_s: float, timeout_s: float) -> int:
+    connections = manifest_connections(json.loads(Path(path).read_text()), interval_s, timeout_s)
+    asyncio.run(_register(settings, connections))
+    return len(connections)
+
+
+def start_simulator(settings: Settings, meters: int, units_per_port: int, base_port: int,
+                    manifest: Path) -> subprocess.Popen[bytes]:
+    """The Modbus simulator as its own process (its CPU is not meterray's), ready when the manifest exists."""
+    ports = -(-meters // units_per_port)
+    manifest.unlink(missing_ok=True)
+    manifest.parent.mkdir(parents=True, exist_ok=True)
+    log = open(settings.var_dir / "log" / "simulator.log", "ab")
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "simulators.modbus_server", "--host", "127.0.0.1", "--base-port", str(base_port),
+         "--ports", str(ports), "--units", str(units_per_port), "--profiles", "sdm630,wb-map3e",
+         "--manifest", str(manifest), "--control-port", str(base_port - 1)],
+        stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+    )
+    deadline = time.monotonic() + 60
+    while not manifest.exists():
+        if proc.poll() is not None or time.monotonic() > deadline:
+            proc.kill()
+            raise RuntimeError(f"the Modbus simulator did not start; see {log.name}")
+        time.sleep(0.2)
+    return proc
+
+
+async def _reporting(settings: Settings) -> tuple[int, int]:
+    conn = await asyncpg.connect(settings.pg_dsn)
+    try:
+        row = await conn.fetchrow(
+            "SELECT count(*) AS devices, count(*) FILTER (WHERE EXISTS (SELECT 1 FROM monitoring.readings_current c"
+            " WHERE c.device_id = d.id AND c.ts > now() - interval '1 minute')) AS reporting FROM devices.devices d")
+        return row["reporting"], row["devices"]
+    finally:
+        await conn.close()
+
+
+def _wait_for_interrupt(settings: Settings, show_progress: bool) -> None:
+    stop = threading.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: stop.set())
+    started, all_in = time.monotonic(), False
+    while not stop.wait(2.0):
+        if show_progress and not all_in:
+            reporting, total = asyncio.run(_reporting(settings))
+            all_in = total > 0 and reporting == total
+            print(f"  {reporting}/{total} meters have current readings ({time.monotonic() - started:.0f} s)"
+                  + ("  — all in" if all_in else ""), flush=True)
+
+
+def _print_urls(settings: Settings, api: str) -> None:
+    print(f"\nmeterray is running\n  API:            {api}/api/v1/devices\n  OpenAPI docs:   {api}/docs\n"
+          f"  health:         {api}/healthz\n  Ray dashboard:  http://127.0.0.1:{settings.dashboard_port}\n"
+          "Press Ctrl-C to stop.\n", flush=True)
+
+
+def run_until_interrupted(settings: Settings, show_progress: bool = True) -> int:
+    from meterray.runtime import init_ray, prepare_stores, start_api, start_ingestion, stop_all
+
+    prepare_stores(settings)
+    init_ray(settings)
+    try:
+        start_ingestion(settings)
+        api = start_api(settings)
+        _print_urls(settings, api)
+        _wait_for_interrupt(settings, show_progress)
+    finally:
+        print("stopping meterray …", flush=True)
+        stop_all(settings)
+    return 0
+
+
+def demo(settings: Settings, meters: int, interval_s: float) -> int:
+    from meterray.runtime import prepare_stores
+
+    (settings.var_dir / "log").mkdir(parents=True, exist_ok=True)
+    prepare_stores(settings)
+    manifest = settings.var_dir / "demo" / "manifest.json"
+    sim = start_simulator(settings, meters, 5, DEMO_BASE_PORT, manifest)
+    try:
+        n = register_manifest(settings, manifest, interval_s, min(1.0, interval_s / 2))
+        print(f"simulator: {meters} meters on {n} Modbus TCP ports from 127.0.0.1:{DEMO_BASE_PORT}, "
+              f"fault control on http://127.0.0.1:{DEMO_BASE_PORT - 1}/devices", flush=True)
+        return run_until_interrupted(settings)
+    finally:
+        os.killpg(sim.pid, signal.SIGTERM)
+        sim.wait(timeout=10)

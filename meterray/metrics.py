@@ -1,0 +1,47 @@
+"""Every Prometheus metric meterray exports, defined in one place.
+
+They are `ray.util.metrics` objects, exported by Ray's metrics agent (scraped from each node's
+metrics port); each actor process creates its own on first use.
+"""
+from __future__ import annotations
+
+from functools import cache
+
+from ray.util import metrics
+
+LATENCY_BOUNDARIES_MS = [1, 2, 5, 10, 20, 50, 100, 200, 500, 1000, 2000, 5000]
+
+
+@cache
+def polls() -> metrics.Counter:
+    return metrics.Counter("meterray_polls_total", "Device polls attempted, by protocol and outcome",
+                           tag_keys=("protocol", "outcome"))
+
+
+@cache
+def poll_latency_ms() -> metrics.Histogram:
+    return metrics.Histogram("meterray_poll_latency_ms", "Poll start to Kafka acknowledgement, milliseconds",
+                             boundaries=LATENCY_BOUNDARIES_MS, tag_keys=("protocol",))
+
+
+@cache
+def readings() -> metrics.Counter:
+    return metrics.Counter("meterray_readings_total", "Readings handled, by pipeline stage", tag_keys=("stage",))
+
+
+@cache
+def dead_letters() -> metrics.Counter:
+    return metrics.Counter("meterray_dead_letters_total", "Records sent to the dead-letter topic, by stage",
+                           tag_keys=("stage",))
+
+
+@cache
+def device_events() -> metrics.Counter:
+    return metrics.Counter("meterray_device_events_total", "Device events published, by kind and status",
+                           tag_keys=("kind", "status"))
+
+
+@cache
+def actor_restarts() -> metrics.Counter:
+    return metrics.Counter("meterray_actor_restarts_total", "Actors the supervisor had to recreate",
+                           tag_keys=("role",))

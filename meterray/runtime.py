@@ -1,0 +1,79 @@
+"""Starting and stopping meterray on Ray: the supervisor (which owns every ingestion actor) and the API."""
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+from typing import Any
+
+import ray
+from ray import serve
+
+from meterray.settings import Settings
+
+log = logging.getLogger(__name__)
+
+
+def init_ray(settings: Settings, *, dashboard: bool = True) -> None:
+    """Join the cluster at METERRAY_RAY_ADDRESS, or start a local one sized for this machine."""
+    # Local runs bind every port to 127.0.0.1; Ray's token auth would only lock the dashboard.
+    os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+    if ray.is_initialized():
+        return
+    if settings.ray_address:
+        ray.init(address=settings.ray_address, namespace=settings.ray_namespace, log_to_driver=False)
+        return
+    ray.init(
+        num_cpus=settings.ray_num_cpus,
+        namespace=settings.ray_namespace,
+        include_dashboard=dashboard,
+        dashboard_host="127.0.0.1",
+        dashboard_port=settings.dashboard_port,
+        object_store_memory=300 * 2**20,
+        log_to_driver=False,
+    )
+
+
+def prepare_stores(settings: Settings) -> dict[str, list[str]]:
+    """Apply PostgreSQL migrations and create the Kafka topics (both idempotent)."""
+    from storage.kafka.topics import ensure_topics
+    from storage.postgres.migrate import migrate
+
+    return {"migrations": asyncio.run(migrate(settings.pg_dsn)), "topics": ensure_topics(settings)}
+
+
+def start_ingestion(settings: Settings) -> Any:
+    """Start (or find) the detached supervisor and let it build every ingestion actor."""
+    from actors.supervisor import SUPERVISOR_NAME, Supervisor
+
+    supervisor = Supervisor.options(name=SUPERVISOR_NAME, lifetime="detached", get_if_exists=True).remote(settings)
+    ray.get(supervisor.start.remote())
+    return supervisor
+
+
+def start_api(settings: Settings) -> str:
+    from serve_apps.monitoring.app import build_app
+
+    serve.start(http_options={"host": settings.api_host, "port": settings.api_port})
+    serve.run(build_app(settings), name="monitoring", route_prefix="/", blocking=False)
+    return f"http://{settings.api_host}:{settings.api_port}"
+
+
+def stop_all(settings: Settings) -> None:
+    """Stop the API and the ingestion actors (flushing their producers), then Ray itself."""
+    from actors.supervisor import SUPERVISOR_NAME
+
+    if not ray.is_initialized():
+        return
+    try:
+        supervisor = ray.get_actor(SUPERVISOR_NAME, namespace=settings.ray_namespace)
+        ray.get(supervisor.shutdown.remote(), timeout=30)
+        ray.kill(supervisor, no_restart=True)
+    except (ValueError, ray.exceptions.RayError) as err:
+        log.warning("supervisor did not stop cleanly: %s", err)
+    try:
+        serve.shutdown()
+    except Exception as err:  # Serve may not have been started
+        log.debug("serve shutdown: %s", err)
+    ray.shutdown()

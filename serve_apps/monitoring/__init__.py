@@ -1,0 +1,1 @@
+"""Monitoring HTTP application: devices, their current values and the readings archive."""

@@ -1,0 +1,36 @@
+"""The monitoring Serve application: a FastAPI ingress over PostgreSQL."""
+from __future__ import annotations
+
+from fastapi import FastAPI
+from ray import serve
+from ray.serve import Application
+
+from meterray.settings import Settings
+from serve_apps.deps import PoolHolder
+from serve_apps.monitoring.routes import devices_router
+
+api = FastAPI(title="meterray monitoring", version="0.1.0",
+              description="Devices, their current values and the readings archive.")
+api.include_router(devices_router)
+
+
+@api.get("/healthz", tags=["health"])
+async def healthz() -> dict[str, str]:
+    pool = await api.state.db.get()
+    await pool.fetchval("SELECT 1")
+    return {"status": "ok"}
+
+
+@serve.deployment(name="monitoring", num_replicas=1, ray_actor_options={"num_cpus": 0})
+@serve.ingress(api)
+class MonitoringApi:
+    def __init__(self, settings: Settings) -> None:
+        api.state.db = PoolHolder(settings.pg_dsn)
+
+    async def check_health(self) -> None:
+        pool = await api.state.db.get()
+        await pool.fetchval("SELECT 1")
+
+
+def build_app(settings: Settings) -> Application:
+    return MonitoringApi.bind(settings)

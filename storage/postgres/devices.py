@@ -1,0 +1,123 @@
+"""Queries of the `devices` schema: connections to poll, devices, and device-processor checkpoints."""
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+import asyncpg
+import orjson
+
+from meterray.domain import DeviceSpec, ModbusConnection
+
+
+async def load_modbus_connections(conn: asyncpg.Connection | asyncpg.Pool) -> list[ModbusConnection]:
+    rows = await conn.fetch(
+        """
+        SELECT c.id, c.host, c.port, c.poll_interval_s, c.timeout_s,
+               coalesce(array_agg(d.id ORDER BY d.unit_id) FILTER (WHERE d.id IS NOT NULL), '{}') AS ids,
+               coalesce(array_agg(d.profile ORDER BY d.unit_id) FILTER (WHERE d.id IS NOT NULL), '{}') AS profiles,
+               coalesce(array_agg(d.unit_id ORDER BY d.unit_id) FILTER (WHERE d.id IS NOT NULL), '{}') AS units
+        FROM devices.connections c
+        LEFT JOIN devices.devices d ON d.connection_id = c.id
+        WHERE c.enabled AND c.protocol = 'modbus_tcp'
+        GROUP BY c.id
+        ORDER BY c.id
+        """
+    )
+    return [
+        ModbusConnection(
+            r["id"], r["host"], r["port"], r["poll_interval_s"], r["timeout_s"],
+            tuple(DeviceSpec(i, p, u) for i, p, u in zip(r["ids"], r["profiles"], r["units"])),
+        )
+        for r in rows
+    ]
+
+
+async def save_modbus_connections(conn: asyncpg.Connection | asyncpg.Pool, connections: Sequence[ModbusConnection]) -> None:
+    """Insert or update connections and their devices (idempotent)."""
+    await conn.executemany(
+        """
+        INSERT INTO devices.connections (id, protocol, host, port, poll_interval_s, timeout_s)
+        VALUES ($1, 'modbus_tcp', $2, $3, $4, $5)
+        ON CONFLICT (id) DO UPDATE SET host = excluded.host, port = excluded.port,
+            poll_interval_s = excluded.poll_interval_s, timeout_s = excluded.timeout_s, updated_at = now()
+        """,
+        [(c.connection_id, c.host, c.port, c.poll_interval_s, c.timeout_s) for c in connections],
+    )
+    await conn.executemany(
+        """
+        INSERT INTO devices.devices (id, name, protocol, profile, connection_id, unit_id)
+        VALUES ($1, $1, 'modbus_tcp', $2, $3, $4)
+        ON CONFLICT (id) DO UPDATE SET profile = excluded.profile,
+            connection_id = excluded.connection_id, unit_id = excluded.unit_id
+        """,
+        [(d.device_id, d.profile, c.connection_id, d.unit_id) for c in connections for d in c.devices],
+    )
+
+
+async def list_devices(conn: asyncpg.Connection | asyncpg.Pool) -> list[asyncpg.Record]:
+    return await conn.fetch(
+        """
+        SELECT d.id, d.name, d.protocol, d.profile, s.last_seen, coalesce(s.status, 'unknown') AS status,
+               s.last_failure_kind, s.last_failure, s.last_failure_at
+        FROM devices.devices d LEFT JOIN devices.device_state s ON s.device_id = d.id
+        ORDER BY d.id
+        """
+    )
+
+
+async def get_device(conn: asyncpg.Connection | asyncpg.Pool, device_id: str) -> asyncpg.Record | None:
+    return await conn.fetchrow("SELECT id, name, protocol, profile FROM devices.devices WHERE id = $1", device_id)
+
+
+@dataclass(frozen=True, slots=True)
+class StateRow:
+    """A device-processor checkpoint as stored; `counters` maps OBIS code → [ts_ms, value]."""
+
+    device_id: str
+    status: str
+    last_seen: datetime | None
+    last_failure_kind: str | None
+    last_failure: str | None
+    last_failure_at: datetime | None
+    consecutive_failures: int
+    counters: dict[str, Any]
+
+
+async def load_states(conn: asyncpg.Connection | asyncpg.Pool, device_ids: Iterable[str]) -> dict[str, StateRow]:
+    rows = await conn.fetch(
+        """
+        SELECT device_id, status, last_seen, last_failure_kind, last_failure, last_failure_at,
+               consecutive_failures, counters::text AS counters
+        FROM devices.device_state WHERE device_id = ANY($1::text[])
+        """,
+        list(device_ids),
+    )
+    return {
+        r["device_id"]: StateRow(
+            r["device_id"], r["status"], r["last_seen"], r["last_failure_kind"], r["last_failure"],
+            r["last_failure_at"], r["consecutive_failures"], orjson.loads(r["counters"]),
+        )
+        for r in rows
+    }
+
+
+async def save_states(conn: asyncpg.Connection | asyncpg.Pool, states: Iterable[StateRow]) -> None:
+    await conn.executemany(
+        """
+        INSERT INTO devices.device_state AS s (device_id, status, last_seen, last_failure_kind, last_failure,
+            last_failure_at, consecutive_failures, counters, updated_at)
+        VALUES ($1, $2, $3, $4, $5, $6, $7, $8::jsonb, now())
+        ON CONFLICT (device_id) DO UPDATE SET status = excluded.status, last_seen = excluded.last_seen,
+            last_failure_kind = excluded.last_failure_kind, last_failure = excluded.last_failure,
+            last_failure_at = excluded.last_failure_at, consecutive_failures = excluded.consecutive_failures,
+            counters = excluded.counters, updated_at = now()
+        """,
+        [
+            (s.device_id, s.status, s.last_seen, s.last_failure_kind, s.last_failure, s.last_failure_at,
+             s.consecutive_failures, orjson.dumps(s.counters).decode())
+            for s in states
+        ],
+    )

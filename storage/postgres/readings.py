@@ -1,0 +1,91 @@
+"""Queries of the `monitoring` schema: the partitioned archive and the current value per quantity."""
+from __future__ import annotations
+
+from collections.abc import Sequence
+from datetime import datetime, timezone
+
+import asyncpg
+
+# (device_id, quantity, ts, value, unit, quality, source)
+ReadingRow = tuple[str, str, datetime, float, str, int, str]
+
+_STAGE = "readings_in"
+
+
+def ts_from_ms(ts_ms: int) -> datetime:
+    return datetime.fromtimestamp(ts_ms / 1000, tz=timezone.utc)
+
+
+class ReadingsWriter:
+    """Idempotent batched writes: staged by COPY, then upserted on the key (device_id, quantity, ts)."""
+
+    def __init__(self) -> None:
+        self._months: set[tuple[int, int]] = set()
+
+    async def write(self, conn: asyncpg.Connection, rows: Sequence[ReadingRow]) -> None:
+        if not rows:
+            return
+        await self._ensure_partitions(conn, rows)
+        async with conn.transaction():
+            await conn.execute(
+                f"CREATE TEMP TABLE IF NOT EXISTS {_STAGE} (LIKE monitoring.readings) ON COMMIT DELETE ROWS"
+            )
+            await conn.copy_records_to_table(
+                _STAGE, records=rows,
+                columns=["device_id", "quantity", "ts", "value", "unit", "quality", "source"],
+            )
+            # A replayed message writes nothing new; a corrected value (same key) replaces the old one.
+            await conn.execute(
+                f"""
+                INSERT INTO monitoring.readings AS r (device_id, quantity, ts, value, unit, quality, source)
+                SELECT DISTINCT ON (device_id, quantity, ts) device_id, quantity, ts, value, unit, quality, source
+                FROM {_STAGE} ORDER BY device_id, quantity, ts
+                ON CONFLICT (device_id, quantity, ts) DO UPDATE
+                    SET value = excluded.value, unit = excluded.unit, quality = excluded.quality, source = excluded.source
+                    WHERE (r.value, r.unit, r.quality) IS DISTINCT FROM (excluded.value, excluded.unit, excluded.quality)
+                """
+            )
+            await conn.execute(
+                f"""
+                INSERT INTO monitoring.readings_current AS c (device_id, quantity, ts, value, unit, quality)
+                SELECT DISTINCT ON (device_id, quantity) device_id, quantity, ts, value, unit, quality
+                FROM {_STAGE} ORDER BY device_id, quantity, ts DESC
+                ON CONFLICT (device_id, quantity) DO UPDATE
+                    SET ts = excluded.ts, value = excluded.value, unit = excluded.unit, quality = excluded.quality
+                    WHERE excluded.ts >= c.ts
+                """
+            )
+
+    async def _ensure_partitions(self, conn: asyncpg.Connection, rows: Sequence[ReadingRow]) -> None:
+        months = {(r[2].year, r[2].month) for r in rows} - self._months
+        for year, month in sorted(months):
+            await conn.execute(
+                "SELECT monitoring.ensure_readings_partition($1)", datetime(year, month, 1, tzinfo=timezone.utc)
+            )
+            self._months.add((year, month))
+
+
+async def current_readings(conn: asyncpg.Connection | asyncpg.Pool, device_id: str) -> list[asyncpg.Record]:
+    return await conn.fetch(
+        "SELECT quantity, ts, value, unit, quality FROM monitoring.readings_current"
+        " WHERE device_id = $1 ORDER BY quantity",
+        device_id,
+    )
+
+
+async def reading_history(
+    conn: asyncpg.Connection | asyncpg.Pool,
+    device_id: str,
+    quantity: str | None,
+    start: datetime,
+    end: datetime,
+    limit: int,
+) -> list[asyncpg.Record]:
+    return await conn.fetch(
+        """
+        SELECT quantity, ts, value, unit, quality FROM monitoring.readings
+        WHERE device_id = $1 AND ($2::text IS NULL OR quantity = $2) AND ts >= $3 AND ts < $4
+        ORDER BY ts, quantity LIMIT $5
+        """,
+        device_id, quantity, start, end, limit,
+    )

@@ -1,0 +1,67 @@
+from actors.device_state import OFFLINE_AFTER_FAILURES, DeviceState
+from meterray.domain import DeviceStatus, FailureKind, PollFailure, Quality, ReadingBatch, Value
+
+NOW = 1_764_000_000_000
+
+
+def batch(ts: int, energy: float, power: float = 1000.0) -> ReadingBatch:
+    return ReadingBatch("m-1", ts, "test", (Value("1-0:1.8.0", energy, "kWh"), Value("1-0:1.7.0", power, "W")))
+
+
+def failure(ts: int, kind: FailureKind = FailureKind.TIMEOUT) -> PollFailure:
+    return PollFailure("m-1", ts, "test", kind, "no answer within 0.5 s")
+
+
+def test_first_readings_bring_device_online_and_record_last_seen() -> None:
+    state = DeviceState("m-1")
+    out, events = state.apply(batch(NOW, 100.0), NOW)
+    assert out == batch(NOW, 100.0)
+    assert [(e.previous, e.status) for e in events] == [(DeviceStatus.UNKNOWN, DeviceStatus.ONLINE)]
+    assert state.last_seen_ms == NOW
+
+
+def test_decreasing_counter_is_flagged_not_dropped() -> None:
+    state = DeviceState("m-1")
+    state.apply(batch(NOW, 100.0), NOW)
+    out, events = state.apply(batch(NOW + 1000, 3.0, power=50.0), NOW)
+    assert out is not None
+    flags = {v.quantity: v.quality for v in out.values}
+    assert flags == {"1-0:1.8.0": Quality.COUNTER_DECREASE, "1-0:1.7.0": 0}  # power may go down freely
+    assert [e.kind for e in events] == ["counter_decrease"]
+    assert state.counters["1-0:1.8.0"] == (NOW + 1000, 3.0)
+
+
+def test_replayed_batch_is_not_flagged_twice() -> None:
+    state = DeviceState("m-1")
+    state.apply(batch(NOW, 100.0), NOW)
+    state.apply(batch(NOW + 1000, 101.0), NOW)
+    out, events = state.apply(batch(NOW, 100.0), NOW)  # redelivered by Kafka after a crash
+    assert out is not None and all(v.quality == 0 for v in out.values)
+    assert events == []
+    assert state.counters["1-0:1.8.0"] == (NOW + 1000, 101.0)
+
+
+def test_future_timestamp_is_flagged() -> None:
+    out, _ = DeviceState("m-1").apply(batch(NOW + 3_600_000, 1.0), NOW)
+    assert out is not None and all(v.quality & Quality.FUTURE_TIMESTAMP for v in out.values)
+
+
+def test_failures_degrade_then_take_offline_then_readings_recover() -> None:
+    state = DeviceState("m-1")
+    state.apply(batch(NOW, 1.0), NOW)
+    statuses = []
+    for i in range(OFFLINE_AFTER_FAILURES + 1):
+        _, events = state.apply(failure(NOW + (i + 1) * 1000), NOW)
+        statuses += [e.status for e in events]
+    assert statuses == [DeviceStatus.DEGRADED, DeviceStatus.OFFLINE]
+    assert state.last_failure_kind == "timeout" and state.consecutive_failures == OFFLINE_AFTER_FAILURES + 1
+    _, events = state.apply(batch(NOW + 10_000, 2.0), NOW)
+    assert [(e.previous, e.status) for e in events] == [(DeviceStatus.OFFLINE, DeviceStatus.ONLINE)]
+    assert state.consecutive_failures == 0
+
+
+def test_checkpoint_round_trip() -> None:
+    state = DeviceState("m-1")
+    state.apply(batch(NOW, 100.0), NOW)
+    state.apply(failure(NOW + 1000, FailureKind.EXCEPTION_CODE), NOW)
+    assert DeviceState.from_row(state.to_row()) == state

@@ -1,0 +1,136 @@
+"""Shared fixtures: real local services, a fresh test database, one Ray cluster for the whole run.
+
+Each run uses its own PostgreSQL database and its own Kafka topic prefix, so runs never see each
+other's data. The only things faked anywhere are third-party web services.
+"""
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from urllib.parse import urlsplit, urlunsplit
+
+import asyncpg
+import pytest
+
+os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+
+from meterray.settings import Settings  # noqa: E402
+
+RUN_ID = uuid.uuid4().hex[:8]
+SIM_BASE_PORT = int(os.environ.get("METERRAY_TEST_SIM_PORT", "16020"))
+SIM_PORTS, SIM_UNITS = 4, 3  # 12 simulated meters behind 4 TCP endpoints
+POLL_INTERVAL_S = 1.0
+
+
+def _with_database(dsn: str, name: str) -> str:
+    parts = urlsplit(dsn)
+    return urlunsplit(parts._replace(path=f"/{name}"))
+
+
+async def _recreate_database(admin_dsn: str, name: str) -> None:
+    conn = await asyncpg.connect(admin_dsn)
+    try:
+        await conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        await conn.execute(f'CREATE DATABASE "{name}"')
+    finally:
+        await conn.close()
+
+
+@pytest.fixture(scope="session")
+def settings() -> Settings:
+    base = Settings.from_env()
+    test_db = f"{urlsplit(base.pg_dsn).path.lstrip('/') or 'meterray'}_test"
+    asyncio.run(_recreate_database(base.pg_dsn, test_db))
+    return base.model_copy(update={
+        "pg_dsn": _with_database(base.pg_dsn, test_db),
+        "kafka_topic_prefix": f"test-{RUN_ID}.",
+        "ray_namespace": f"meterray-test-{RUN_ID}",
+        "api_port": int(os.environ.get("METERRAY_TEST_API_PORT", "18000")),
+        "connections_per_shard": 2,
+    })
+
+
+@pytest.fixture(scope="session")
+def database(settings: Settings) -> Settings:
+    """The run's PostgreSQL database, migrated."""
+    from storage.postgres.migrate import migrate
+
+    asyncio.run(migrate(settings.pg_dsn))
+    return settings
+
+
+@pytest.fixture(scope="session")
+def stores(database: Settings) -> Settings:
+    """PostgreSQL migrated and the run's Kafka topics created."""
+    from storage.kafka.topics import ensure_topics
+
+    ensure_topics(database)
+    return database
+
+
+@pytest.fixture(scope="session")
+def ray_cluster(settings: Settings) -> Iterator[None]:
+    import ray
+
+    ray.init(num_cpus=2, include_dashboard=False, namespace=settings.ray_namespace,
+             object_store_memory=200 * 2**20, log_to_driver=False)
+    yield
+    ray.shutdown()
+
+
+@pytest.fixture(scope="session")
+def simulator(settings: Settings, tmp_path_factory: pytest.TempPathFactory) -> Iterator[list[dict]]:
+    """Simulated Modbus meters in their own process; yields the manifest."""
+    import json
+
+    from meterray.demo import start_simulator
+
+    (settings.var_dir / "log").mkdir(parents=True, exist_ok=True)
+    manifest = tmp_path_factory.mktemp("sim") / "manifest.json"
+    proc = start_simulator(settings, SIM_PORTS * SIM_UNITS, SIM_UNITS, SIM_BASE_PORT, manifest)
+    yield json.loads(Path(manifest).read_text())
+    os.killpg(proc.pid, signal.SIGTERM)
+    proc.wait(timeout=10)
+
+
+@pytest.fixture(scope="session")
+def sim_control() -> str:
+    return f"http://127.0.0.1:{SIM_BASE_PORT - 1}"
+
+
+@pytest.fixture(scope="session")
+def runtime(stores: Settings, ray_cluster: None, simulator: list[dict]) -> Iterator[dict]:
+    """The whole pipeline polling the simulator every second, with the monitoring API."""
+    import ray
+
+    from meterray.demo import _register, manifest_connections
+    from meterray.runtime import start_api, start_ingestion
+
+    connections = manifest_connections(simulator, POLL_INTERVAL_S, 0.5)
+    asyncio.run(_register(stores, connections))
+    supervisor = start_ingestion(stores)
+    api = start_api(stores)
+    yield {"supervisor": supervisor, "api": api, "manifest": simulator, "settings": stores}
+    ray.get(supervisor.shutdown.remote(), timeout=30)
+    ray.kill(supervisor, no_restart=True)
+    from ray import serve
+
+    serve.shutdown()
+
+
+def wait_for(check: Callable[[], object], timeout_s: float, what: str, every_s: float = 0.5) -> object:
+    """Poll `check` until it returns something truthy; fail with `what` after the timeout."""
+    deadline = time.monotonic() + timeout_s
+    last: object = None
+    while time.monotonic() < deadline:
+        last = check()
+        if last:
+            return last
+        time.sleep(every_s)
+    pytest.fail(f"timed out after {timeout_s:.0f}s waiting for {what} (last: {last!r})")
