@@ -75,6 +75,9 @@ class ModbusShardCore:
                 started += 1
         return {"running": len(self._tasks), "started": started, "stopped": len(stopped)}
 
+    def connection_ids(self) -> list[str]:
+        return sorted(self._tasks)
+
     async def stop(self) -> None:
         for _, task in self._tasks.values():
             task.cancel()
@@ -201,7 +204,7 @@ class ModbusShard:
         return await self._core.assign(connections)
 
     async def ping(self) -> dict[str, object]:
-        return {"role": "modbus-shard", "pid": os.getpid(), "connections": len(self._core._tasks),
+        return {"role": "modbus-shard", "pid": os.getpid(), "connections": self._core.connection_ids(),
                 **self._core.stats.summary()}
 
     async def reset_stats(self) -> None:

@@ -50,11 +50,19 @@ class Supervisor:
         self._children: dict[str, Child] = {}
         self._watcher: asyncio.Task[None] | None = None
         self._started_at = time.time()
+        self._start_lock = asyncio.Lock()
+        if ray.get_runtime_context().was_current_actor_reconstructed:
+            # Our children died with the old process: rebuild them without waiting for a caller.
+            asyncio.get_running_loop().create_task(self.start())
 
     async def start(self) -> dict[str, Any]:
         """Idempotent: (re)builds every child from PostgreSQL and starts watching them."""
-        if self._watcher is not None:
-            return await self.status()
+        async with self._start_lock:
+            if self._watcher is None:
+                await self._build_children()
+        return await self.status()
+
+    async def _build_children(self) -> None:
         conn = await asyncpg.connect(self._settings.pg_dsn)
         try:
             connections = await load_modbus_connections(conn)
@@ -71,7 +79,6 @@ class Supervisor:
         await asyncio.gather(*(self._launch(c) for c in self._children.values()))
         self._watcher = asyncio.create_task(self._watch(), name="supervisor-watch")
         log.info("supervisor started %d children for %d Modbus connections", len(self._children), len(connections))
-        return await self.status()
 
     async def _launch(self, child: Child) -> None:
         child.handle = child.actor_class.remote(self._settings)
@@ -112,8 +119,8 @@ class Supervisor:
             },
         }
 
-    async def child_pids(self) -> dict[str, int]:
-        return {n: int(c.last_ping.get("pid", 0)) for n, c in self._children.items() if c.last_ping}
+    async def handles(self, role: str) -> list[ActorHandle]:
+        return [c.handle for c in self._children.values() if c.role == role and c.handle is not None]
 
     async def shutdown(self) -> None:
         if self._watcher is not None:

@@ -5,7 +5,7 @@ import asyncio
 from typing import Annotated
 
 import asyncpg
-from fastapi import Depends, Request
+from fastapi import Depends
 
 
 class PoolHolder:
@@ -28,9 +28,21 @@ class PoolHolder:
             self._pool = None
 
 
-async def get_db(request: Request) -> asyncpg.Pool:
-    holder: PoolHolder = request.app.state.db
-    return await holder.get()
+# One pool per replica process. Serve ships the FastAPI app to the replica by value, so state set on
+# `app.state` in the deployment's constructor would land on a different object than the one serving.
+_db: PoolHolder | None = None
+
+
+def configure_db(dsn: str) -> PoolHolder:
+    global _db
+    _db = PoolHolder(dsn)
+    return _db
+
+
+async def get_db() -> asyncpg.Pool:
+    if _db is None:
+        raise RuntimeError("configure_db() was not called in this replica")
+    return await _db.get()
 
 
 Db = Annotated[asyncpg.Pool, Depends(get_db)]

@@ -6,7 +6,7 @@ from ray import serve
 from ray.serve import Application
 
 from meterray.settings import Settings
-from serve_apps.deps import PoolHolder
+from serve_apps.deps import Db, configure_db
 from serve_apps.monitoring.routes import devices_router
 
 api = FastAPI(title="meterray monitoring", version="0.1.0",
@@ -15,9 +15,8 @@ api.include_router(devices_router)
 
 
 @api.get("/healthz", tags=["health"])
-async def healthz() -> dict[str, str]:
-    pool = await api.state.db.get()
-    await pool.fetchval("SELECT 1")
+async def healthz(db: Db) -> dict[str, str]:
+    await db.fetchval("SELECT 1")
     return {"status": "ok"}
 
 
@@ -25,10 +24,11 @@ async def healthz() -> dict[str, str]:
 @serve.ingress(api)
 class MonitoringApi:
     def __init__(self, settings: Settings) -> None:
-        api.state.db = PoolHolder(settings.pg_dsn)
+        self._db = configure_db(settings.pg_dsn)
 
     async def check_health(self) -> None:
-        pool = await api.state.db.get()
+        """Serve marks the replica unhealthy (and replaces it) while PostgreSQL does not answer."""
+        pool = await self._db.get()
         await pool.fetchval("SELECT 1")
 
 

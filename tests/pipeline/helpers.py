@@ -31,3 +31,32 @@ def sql(dsn: str, query: str, *args: Any) -> list[asyncpg.Record]:
             await conn.close()
 
     return asyncio.run(run())
+
+
+def read_topic(bootstrap: str, topic: str, timeout_s: float = 5.0) -> list[tuple[bytes | None, bytes]]:
+    """Every message of `topic` from the beginning (key, value), read by a throw-away consumer group."""
+    import time
+    import uuid
+
+    from confluent_kafka import Consumer
+
+    c = Consumer({"bootstrap.servers": bootstrap, "group.id": f"test-reader-{uuid.uuid4().hex[:8]}",
+                  "auto.offset.reset": "earliest", "enable.auto.commit": False, "enable.partition.eof": True})
+    c.subscribe([topic])
+    out: list[tuple[bytes | None, bytes]] = []
+    eof: set[int] = set()
+    deadline = time.monotonic() + timeout_s
+    try:
+        while time.monotonic() < deadline:
+            m = c.poll(0.5)
+            if m is None:
+                continue
+            if m.error():
+                eof.add(m.partition())
+                if len(eof) == len(c.assignment()) and c.assignment():
+                    break
+                continue
+            out.append((m.key(), m.value()))
+    finally:
+        c.close()
+    return out

@@ -1,0 +1,136 @@
+"""Faults on the real pipeline: a shard process killed mid-stream, meters answering garbage or
+exception codes, a replaced meter whose counter restarts."""
+from __future__ import annotations
+
+import os
+import signal
+import time
+from datetime import datetime, timezone
+
+import ray
+
+from storage.kafka import codec, topics
+from tests.conftest import POLL_INTERVAL_S, wait_for
+from tests.pipeline.helpers import http, read_topic, sql
+
+ENERGY = "1-0:1.8.0"
+
+
+def _devices(api: str) -> dict[str, dict]:
+    status, body = http("GET", f"{api}/api/v1/devices")
+    assert status == 200, body
+    return {d["id"]: d for d in body}
+
+
+def _current_ts(api: str, device_id: str) -> str | None:
+    status, body = http("GET", f"{api}/api/v1/devices/{device_id}/readings/current")
+    readings = {r["quantity"]: r for r in (body or {}).get("readings", [])}
+    return readings.get(ENERGY, {}).get("ts") if status == 200 else None
+
+
+def _all_reporting(runtime: dict) -> None:
+    ids = [m["device_id"] for m in runtime["manifest"]]
+    wait_for(lambda: all(_current_ts(runtime["api"], i) for i in ids), 90, "every meter to report")
+
+
+def _energy_stamps(dsn: str, device_id: str, since: datetime, until: datetime) -> list[int]:
+    rows = sql(dsn, "SELECT (extract(epoch FROM ts) * 1000)::bigint AS ms FROM monitoring.readings"
+                    " WHERE device_id = $1 AND quantity = $2 AND ts >= $3 AND ts < $4 ORDER BY ts",
+               device_id, ENERGY, since, until)
+    return [r["ms"] for r in rows]
+
+
+def test_killed_shard_is_restarted_and_its_meters_have_no_gap_or_duplicate(runtime: dict) -> None:
+    settings, supervisor = runtime["settings"], runtime["supervisor"]
+    _all_reporting(runtime)
+    shards = ray.get(supervisor.handles.remote("modbus-shard"))
+    assert len(shards) >= 2, "the test set-up spreads connections over several shards"
+    victim = ray.get(shards[0].ping.remote())
+    victim_conns = set(victim["connections"])
+    victim_devices = [m["device_id"] for m in runtime["manifest"] if f"sim-{m['host']}:{m['port']}" in victim_conns]
+    assert victim_devices
+
+    os.kill(victim["pid"], signal.SIGKILL)
+
+    def restarted() -> dict | None:
+        children = ray.get(supervisor.status.remote())["children"]
+        for child in children.values():
+            ping = child["last_ping"]
+            if child["role"] == "modbus-shard" and set(ping.get("connections", [])) == victim_conns:
+                if child["restarts"] >= 1 and ping.get("pid") not in (None, victim["pid"]):
+                    return child
+        return None
+
+    child = wait_for(restarted, 60, "the supervisor to replace the killed shard")
+    assert child["restarts"] == 1
+    recovered = datetime.now(timezone.utc)
+    time.sleep(8 * POLL_INTERVAL_S + 3)  # eight polls after recovery, plus the pipeline's lag
+    until = datetime.now(timezone.utc)
+    for device_id in victim_devices:
+        # From the first whole slot after recovery up to a few seconds ago: every slot exactly once.
+        stamps = _energy_stamps(settings.pg_dsn, device_id, recovered, until)
+        stamps = [s for s in stamps if s <= until.timestamp() * 1000 - 3000]
+        assert len(stamps) >= 6, (device_id, stamps)
+        assert len(stamps) == len(set(stamps)), f"{device_id}: duplicate polls {stamps}"
+        steps = {b - a for a, b in zip(stamps, stamps[1:])}
+        assert steps == {int(POLL_INTERVAL_S * 1000)}, f"{device_id}: missing or extra slots, steps {steps}"
+    dupes = sql(settings.pg_dsn, "SELECT count(*) - count(DISTINCT (device_id, quantity, ts)) AS d FROM monitoring.readings")
+    assert dupes[0]["d"] == 0
+
+
+def test_meters_answering_garbage_or_exceptions_stop_with_a_reason_while_others_continue(
+        runtime: dict, sim_control: str) -> None:
+    api, settings = runtime["api"], runtime["settings"]
+    _all_reporting(runtime)
+    # Three meters behind the same gateway port: one garbage, one exception code 2, one healthy.
+    port = runtime["manifest"][-1]["port"]
+    same_port = sorted((m for m in runtime["manifest"] if m["port"] == port), key=lambda m: m["unit_id"])
+    garbage, failing, healthy = (m["device_id"] for m in same_port[:3])
+    assert http("POST", f"{sim_control}/faults", {"device_id": garbage, "fault": "garbage"})[0] == 200
+    assert http("POST", f"{sim_control}/faults", {"device_id": failing, "fault": "exception", "code": 2})[0] == 200
+    try:
+        def reasons() -> dict | None:
+            d = _devices(api)
+            ok = (d[garbage]["last_failure_kind"] == "bad_response"
+                  and d[failing]["last_failure_kind"] == "exception_code"
+                  and d[garbage]["status"] == d[failing]["status"] == "offline")
+            return d if ok else None
+
+        devices = wait_for(reasons, 30, "both broken meters to go offline with a recorded reason")
+        assert "2" in devices[failing]["last_failure"]
+        assert devices[garbage]["last_failure"]
+        frozen = {i: _current_ts(api, i) for i in (garbage, failing)}
+        others = {m["device_id"]: _current_ts(api, m["device_id"]) for m in runtime["manifest"]
+                  if m["device_id"] not in frozen}
+        time.sleep(4 * POLL_INTERVAL_S)
+        assert {i: _current_ts(api, i) for i in frozen} == frozen  # their readings stopped
+        moved = {i for i, ts in others.items() if _current_ts(api, i) != ts}
+        assert moved == set(others), f"meters that stopped although healthy: {set(others) - moved}"
+        assert _devices(api)[healthy]["status"] == "online"
+
+        dead = [codec.decode_dead_letter(v) for _, v in read_topic(settings.kafka_bootstrap,
+                                                                   settings.topic(topics.READINGS_DLQ))]
+        mine = [d for d in dead if d.get("device_id") == garbage]
+        assert mine and mine[0]["reason"] and mine[0]["raw"], "undecodable answers go to the DLQ with raw words"
+    finally:
+        http("DELETE", f"{sim_control}/faults")
+    wait_for(lambda: all(_devices(api)[i]["status"] == "online" for i in (garbage, failing)), 30,
+             "both meters to come back online once they answer properly")
+
+
+def test_replaced_meter_counter_is_flagged_and_announced(runtime: dict, sim_control: str) -> None:
+    api, settings = runtime["api"], runtime["settings"]
+    _all_reporting(runtime)
+    device_id = runtime["manifest"][1]["device_id"]
+    assert http("POST", f"{sim_control}/faults", {"device_id": device_id, "fault": "reset"})[0] == 200
+    try:
+        flagged = wait_for(lambda: sql(settings.pg_dsn, "SELECT ts, value FROM monitoring.readings WHERE device_id = $1"
+                                       " AND quantity = $2 AND quality & 1 = 1", device_id, ENERGY),
+                           30, "a reading flagged COUNTER_DECREASE")
+        assert len(flagged) == 1
+        events = [codec.decode_event(v) for k, v in read_topic(settings.kafka_bootstrap,
+                                                               settings.topic(topics.DEVICE_EVENTS))
+                  if k == device_id.encode()]
+        assert any(e.kind == "counter_decrease" for e in events)
+    finally:
+        http("DELETE", f"{sim_control}/faults")
