@@ -1,0 +1,224 @@
+"""Modbus TCP transport: one `ModbusEndpoint` per TCP endpoint (a meter or an RTU gateway).
+
+It moves registers and nothing else: no retries, no backoff, no reconnect loop — the caller owns
+those policies. Every failure leaves here as a typed `ModbusError` carrying a `FailureKind` and a
+`retriable` flag; pymodbus exceptions are translated once, in `read_registers`/`connect`.
+
+pymodbus 3.16 notes (from its source, client/base.py, transaction/transaction.py,
+transport/transport.py):
+- `AsyncModbusTcpClient(reconnect_delay=0.1)` by default starts its own reconnect task when the
+  connection drops; we pass `reconnect_delay=0` so a lost connection stays lost until `connect()`.
+- `execute()` silently reconnects when the transport is gone; we refuse to send on a closed
+  endpoint instead, so reconnects happen where the caller decides.
+- its response timeout logs an error per timed-out request and closes the socket after
+  retries+3 consecutive timeouts; we time requests out ourselves (`asyncio.timeout`) a little
+  before pymodbus would, so neither happens.
+- when the peer closes the socket mid-request pymodbus only notices at the timeout; the
+  `trace_connect` hook fails the pending response at once (ConnectionLost, not Timeout).
+- `connect()` swallows OSError and returns False: "refused" and "unreachable" look the same.
+"""
+from __future__ import annotations
+
+import asyncio
+from types import TracebackType
+from typing import Self
+
+from pymodbus.client import AsyncModbusTcpClient
+from pymodbus.exceptions import ConnectionException, ModbusException
+
+from meterray.domain import FailureKind, Value
+
+from .codec import DecodeProblem, decode_block
+from .planner import DEFAULT_MAX_GAP, plan_blocks
+from .profiles import MODBUS_MAX_READ, READ_FUNCTION_CODES, Profile
+
+# Modbus application protocol v1.1b3 §7 "MODBUS Exception Responses".
+EXCEPTION_MEANINGS: dict[int, str] = {
+    1: "illegal function",
+    2: "illegal data address",
+    3: "illegal data value",
+    4: "server device failure",
+    5: "acknowledge (request accepted, still processing)",
+    6: "server device busy",
+    8: "memory parity error",
+    10: "gateway path unavailable",
+    11: "gateway target device failed to respond",
+}
+# Codes that say "try again later" rather than "this request is wrong for this device".
+_TRANSIENT_CODES = frozenset({4, 5, 6, 10, 11})
+
+
+class ModbusError(Exception):
+    """A failed Modbus exchange; `kind` says why, `retriable` whether the same request may succeed later."""
+
+    kind: FailureKind = FailureKind.BAD_RESPONSE
+    retriable: bool = True
+
+
+class ModbusTimeoutError(ModbusError):
+    kind = FailureKind.TIMEOUT
+
+
+class ModbusConnectError(ModbusError):
+    """The TCP connection could not be opened (refused, unreachable, or no answer in time)."""
+
+    kind = FailureKind.CONNECTION_REFUSED
+
+
+class ModbusConnectionLostError(ModbusError):
+    """The connection closed during a request, or the endpoint is not connected."""
+
+    kind = FailureKind.CONNECTION_LOST
+
+
+class ModbusBadResponseError(ModbusError):
+    """An answer arrived but is not the answer to this request (short, malformed, wrong id)."""
+
+    kind = FailureKind.BAD_RESPONSE
+
+
+class ModbusExceptionCodeError(ModbusError):
+    """The device answered with a Modbus exception response."""
+
+    kind = FailureKind.EXCEPTION_CODE
+
+    def __init__(self, code: int, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+        self.meaning = EXCEPTION_MEANINGS.get(code, "unknown exception code")
+        self.retriable = code in _TRANSIENT_CODES
+
+
+class _LinkDownError(Exception):
+    """Internal: set on pymodbus's pending response future when the socket closes."""
+
+
+class ModbusEndpoint:
+    """One TCP endpoint, one request in flight at a time (an RTU gateway serialises its bus)."""
+
+    def __init__(self, host: str, port: int = 502, timeout_s: float = 1.0) -> None:
+        if timeout_s <= 0:
+            raise ValueError(f"timeout_s must be > 0, got {timeout_s}")
+        self.host = host
+        self.port = port
+        self.timeout_s = timeout_s
+        self._client: AsyncModbusTcpClient | None = None
+        self._lock = asyncio.Lock()
+        self._in_flight = False
+        self._name = f"{host}:{port}"
+
+    def __repr__(self) -> str:
+        return f"ModbusEndpoint({self._name}, timeout_s={self.timeout_s}, connected={self.connected})"
+
+    @property
+    def connected(self) -> bool:
+        return self._client is not None and self._client.connected
+
+    async def connect(self) -> None:
+        """(Re)open the connection; raises ModbusConnectError. Safe to call after any failure."""
+        self._close_client()
+        client = AsyncModbusTcpClient(
+            self.host,
+            port=self.port,
+            name=self._name,
+            # pymodbus uses this for both connect and response; ours (asyncio.timeout) fires first.
+            timeout=self.timeout_s + 1.0,
+            retries=0,
+            reconnect_delay=0,  # no pymodbus reconnect task: the caller owns reconnects
+            trace_connect=self._on_connect_change,
+        )
+        self._client = client
+        try:
+            async with asyncio.timeout(self.timeout_s):
+                ok = await client.connect()
+        except TimeoutError:
+            self._close_client()
+            raise ModbusConnectError(f"{self._name}: no answer to TCP connect within {self.timeout_s}s") from None
+        if not ok:
+            self._close_client()
+            raise ModbusConnectError(f"{self._name}: cannot connect (refused or unreachable)")
+
+    async def close(self) -> None:
+        """Close the connection; safe to call twice or when never connected."""
+        self._close_client()
+
+    async def __aenter__(self) -> Self:
+        await self.connect()
+        return self
+
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        await self.close()
+
+    def _close_client(self) -> None:
+        client, self._client = self._client, None
+        if client is not None:
+            client.close()
+
+    def _on_connect_change(self, connected: bool) -> None:
+        """pymodbus trace_connect hook: fail the pending request at once when the socket closes."""
+        if connected or not self._in_flight or self._client is None:
+            return
+        future = getattr(self._client.ctx, "response_future", None)  # pymodbus 3.16 TransactionManager
+        if future is not None and not future.done():
+            future.set_exception(_LinkDownError())
+
+    async def read_registers(self, unit_id: int, function_code: int, start: int, count: int) -> list[int]:
+        """Read `count` registers from `start` (0-based protocol address) of unit `unit_id`.
+
+        Raises ValueError for arguments no device could accept, ModbusError subclasses for
+        everything that went wrong on the wire.
+        """
+        if function_code not in READ_FUNCTION_CODES:
+            raise ValueError(f"function_code must be 3 or 4, got {function_code}")
+        if not (1 <= count <= MODBUS_MAX_READ and 0 <= start and start + count <= 0x10000):
+            raise ValueError(f"cannot read {count} registers from {start}: 1..125 registers within 0..0xFFFF")
+        if not 0 <= unit_id <= 255:
+            raise ValueError(f"unit_id must be 0..255, got {unit_id}")
+        async with self._lock:
+            client = self._client
+            if client is None or not client.connected:
+                raise ModbusConnectionLostError(f"{self._name}: not connected; call connect() first")
+            read = client.read_input_registers if function_code == 4 else client.read_holding_registers
+            where = f"{self._name} unit {unit_id} fc{function_code} 0x{start:04X}+{count}"
+            self._in_flight = True
+            try:
+                async with asyncio.timeout(self.timeout_s):
+                    response = await read(start, count=count, device_id=unit_id)
+            except TimeoutError:
+                raise ModbusTimeoutError(f"{where}: no answer within {self.timeout_s}s") from None
+            except _LinkDownError as err:
+                raise ModbusConnectionLostError(f"{where}: connection closed by the peer") from err
+            except ConnectionException as err:
+                raise ModbusConnectionLostError(f"{where}: {err}") from err
+            except ModbusException as err:
+                raise ModbusBadResponseError(f"{where}: {err}") from err
+            finally:
+                self._in_flight = False
+        if response.isError():
+            code = response.exception_code
+            meaning = EXCEPTION_MEANINGS.get(code, "unknown exception code")
+            raise ModbusExceptionCodeError(code, f"{where}: exception {code} ({meaning})")
+        registers = response.registers
+        if len(registers) != count:
+            raise ModbusBadResponseError(f"{where}: answer holds {len(registers)} registers")
+        return registers  # type: ignore[return-value]  # pymodbus builds a fresh list per response
+
+    async def read_device(
+        self, profile: Profile, unit_id: int, max_gap: int = DEFAULT_MAX_GAP
+    ) -> tuple[list[Value], list[DecodeProblem]]:
+        """Read and decode every block of `profile` from `unit_id`, one request at a time.
+
+        A transport failure on any block raises (the poll is all or nothing); values the meter
+        could not give (error values, NaN) come back as DecodeProblems next to the good values.
+        """
+        values: list[Value] = []
+        problems: list[DecodeProblem] = []
+        for block in plan_blocks(profile, max_gap):
+            registers = await self.read_registers(unit_id, block.function_code, block.start, block.count)
+            v, p = decode_block(block, registers, profile.word_order)
+            values.extend(v)
+            if p:
+                problems.extend(p)
+        return values, problems

@@ -1,0 +1,1 @@
+"""Simulated field devices for tests, demos and load measurements."""

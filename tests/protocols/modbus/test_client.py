@@ -1,0 +1,185 @@
+"""ModbusEndpoint against the real simulator: plausible readings and one typed error per fault."""
+from __future__ import annotations
+
+import asyncio
+import time
+
+import pytest
+
+from meterray.domain import FailureKind
+from protocols.modbus.client import (
+    ModbusConnectError,
+    ModbusConnectionLostError,
+    ModbusEndpoint,
+    ModbusError,
+    ModbusExceptionCodeError,
+    ModbusTimeoutError,
+)
+from protocols.modbus.profiles import PROFILES
+from simulators.modbus_server import DeviceInfo, RunningSimulator
+from tests.simulators.support import FakeClock, free_port_range
+
+Sim = tuple[RunningSimulator, FakeClock]
+TIMEOUT_S = 0.4
+
+
+def _device(sim: RunningSimulator, profile: str, port_index: int = 0, nth: int = 0) -> DeviceInfo:
+    port = sim.config.base_port + port_index
+    return [d for d in sim.devices if d.profile == profile and d.port == port][nth]
+
+
+async def _read(d: DeviceInfo, endpoint: ModbusEndpoint) -> dict[str, float]:
+    values, problems = await endpoint.read_device(PROFILES[d.profile], d.unit_id)
+    assert problems == []
+    return {v.quantity: v.value for v in values}
+
+
+@pytest.mark.parametrize("profile", ["sdm630", "wb-map3e"])
+async def test_reads_plausible_values_and_growing_energy(sim: Sim, profile: str) -> None:
+    running, clock = sim
+    d = _device(running, profile)
+    async with ModbusEndpoint(d.host, d.port, TIMEOUT_S) as endpoint:
+        first = await _read(d, endpoint)
+        assert set(first) == {f.quantity for f in PROFILES[profile].fields}
+        for q in ("1-0:32.7.0", "1-0:52.7.0", "1-0:72.7.0"):
+            assert 200 <= first[q] <= 260
+        assert 49.5 <= first["1-0:14.7.0"] <= 50.5
+        assert 0.85 <= first["1-0:13.7.0"] <= 1.0
+        assert 0 < first["1-0:1.7.0"] < 20_000  # a small business: a few kW
+        clock.advance(900)  # a quarter of an hour later
+        second = await _read(d, endpoint)
+        assert second["1-0:1.8.0"] > first["1-0:1.8.0"]
+        assert second["1-0:1.8.0"] - first["1-0:1.8.0"] < 20 * 0.25  # at most 20 kW for 15 min
+
+
+async def test_units_behind_one_port_are_read_one_at_a_time(sim: Sim) -> None:
+    running, _ = sim
+    port = running.config.base_port + 1
+    devices = [d for d in running.devices if d.port == port]
+    async with ModbusEndpoint("127.0.0.1", port, TIMEOUT_S) as endpoint:
+        results = await asyncio.gather(*(_read(d, endpoint) for d in devices))
+    assert len(results) == len(devices) and all(r for r in results)
+
+
+async def test_timeout_fault_times_out_and_endpoint_stays_usable(sim: Sim) -> None:
+    running, _ = sim
+    d = _device(running, "sdm630", nth=1)
+    async with ModbusEndpoint(d.host, d.port, TIMEOUT_S) as endpoint:
+        running.set_fault(d.device_id, "timeout")
+        started = time.monotonic()
+        with pytest.raises(ModbusTimeoutError) as info:
+            await endpoint.read_device(PROFILES[d.profile], d.unit_id)
+        elapsed = time.monotonic() - started
+        assert info.value.kind is FailureKind.TIMEOUT and info.value.retriable
+        assert TIMEOUT_S <= elapsed < TIMEOUT_S + 0.3
+        running.set_fault(d.device_id, "none")
+        assert await _read(d, endpoint)  # same connection, no reconnect needed
+        await endpoint.connect()  # and a reconnect works too
+        assert await _read(d, endpoint)
+
+
+@pytest.mark.parametrize(("code", "meaning", "retriable"), [(2, "illegal data address", False),
+                                                            (4, "server device failure", True)])
+async def test_exception_fault_is_a_typed_exception_code(sim: Sim, code: int, meaning: str, retriable: bool) -> None:
+    running, _ = sim
+    d = _device(running, "wb-map3e", nth=1)
+    async with ModbusEndpoint(d.host, d.port, TIMEOUT_S) as endpoint:
+        running.set_fault(d.device_id, "exception", code)
+        try:
+            with pytest.raises(ModbusExceptionCodeError) as info:
+                await endpoint.read_device(PROFILES[d.profile], d.unit_id)
+        finally:
+            running.set_fault(d.device_id, "none")
+        err = info.value
+        assert (err.kind, err.code, err.meaning) == (FailureKind.EXCEPTION_CODE, code, meaning)
+        assert err.retriable is retriable
+        assert await _read(d, endpoint)
+
+
+async def test_drop_fault_loses_the_connection(sim: Sim) -> None:
+    running, _ = sim
+    d = _device(running, "sdm630", port_index=1)
+    endpoint = ModbusEndpoint(d.host, d.port, TIMEOUT_S)
+    await endpoint.connect()
+    running.set_fault(d.device_id, "drop")
+    try:
+        started = time.monotonic()
+        with pytest.raises(ModbusConnectionLostError) as info:
+            await endpoint.read_device(PROFILES[d.profile], d.unit_id)
+        assert time.monotonic() - started < TIMEOUT_S  # noticed at once, not at the timeout
+        assert info.value.kind is FailureKind.CONNECTION_LOST
+        with pytest.raises(ModbusError) as again:
+            await endpoint.read_device(PROFILES[d.profile], d.unit_id)
+        assert again.value.kind in (FailureKind.CONNECTION_LOST, FailureKind.CONNECTION_REFUSED)
+        assert not endpoint.connected
+    finally:
+        running.set_fault(d.device_id, "none")
+    await endpoint.connect()
+    assert await _read(d, endpoint)
+    await endpoint.close()
+    await endpoint.close()  # safe twice
+
+
+async def test_garbage_fault_gives_decode_problems(sim: Sim) -> None:
+    running, _ = sim
+    for profile, reason in (("sdm630", "not a finite number"), ("wb-map3e", "meter reported its error value 0xFFFF")):
+        d = _device(running, profile, port_index=1, nth=1 if profile == "sdm630" else 0)
+        async with ModbusEndpoint(d.host, d.port, TIMEOUT_S) as endpoint:
+            running.set_fault(d.device_id, "garbage")
+            try:
+                values, problems = await endpoint.read_device(PROFILES[profile], d.unit_id)
+            finally:
+                running.set_fault(d.device_id, "none")
+        assert values == []
+        assert len(problems) == len(PROFILES[profile].fields)
+        assert all(p.reason.startswith(reason) for p in problems)
+
+
+async def test_reset_fault_makes_the_counter_go_down(sim: Sim) -> None:
+    running, clock = sim
+    d = _device(running, "wb-map3e", port_index=1, nth=1)
+    async with ModbusEndpoint(d.host, d.port, TIMEOUT_S) as endpoint:
+        before = (await _read(d, endpoint))["1-0:1.8.0"]
+        running.set_fault(d.device_id, "reset")
+        after = (await _read(d, endpoint))["1-0:1.8.0"]
+        assert before > 100 and 0 <= after < 1  # a new meter starts from zero
+        clock.advance(3600)
+        later = (await _read(d, endpoint))["1-0:1.8.0"]
+        assert after < later < before  # and counts up again from there
+
+
+async def test_unknown_unit_is_a_gateway_exception(sim: Sim) -> None:
+    running, _ = sim
+    async with ModbusEndpoint("127.0.0.1", running.config.base_port, TIMEOUT_S) as endpoint:
+        with pytest.raises(ModbusExceptionCodeError) as info:
+            await endpoint.read_registers(99, 4, 0, 2)
+    assert info.value.code == 11 and info.value.retriable
+
+
+async def test_wrong_function_code_is_illegal_function(sim: Sim) -> None:
+    running, _ = sim
+    d = _device(running, "sdm630")
+    async with ModbusEndpoint(d.host, d.port, TIMEOUT_S) as endpoint:
+        with pytest.raises(ModbusExceptionCodeError) as info:
+            await endpoint.read_registers(d.unit_id, 3, 0, 2)
+    assert info.value.code == 1 and not info.value.retriable
+
+
+async def test_closed_port_is_connection_refused() -> None:
+    port = free_port_range(1)
+    endpoint = ModbusEndpoint("127.0.0.1", port, TIMEOUT_S)
+    with pytest.raises(ModbusConnectError) as info:
+        await endpoint.connect()
+    assert info.value.kind is FailureKind.CONNECTION_REFUSED and info.value.retriable
+    with pytest.raises(ModbusConnectionLostError):  # never connected: refuse to send
+        await endpoint.read_registers(1, 4, 0, 2)
+    await endpoint.close()
+
+
+async def test_bad_arguments_are_value_errors() -> None:
+    endpoint = ModbusEndpoint("127.0.0.1", 1, TIMEOUT_S)
+    for args in ((1, 4, 0, 0), (1, 4, 0, 126), (1, 4, 0xFFFF, 2), (1, 6, 0, 1), (256, 4, 0, 1)):
+        with pytest.raises(ValueError):
+            await endpoint.read_registers(*args)
+    with pytest.raises(ValueError):
+        ModbusEndpoint("127.0.0.1", 1, 0)

@@ -1,0 +1,127 @@
+"""The simulated meter: a plausible load curve whose energy counter is its exact integral."""
+from __future__ import annotations
+
+import pytest
+
+from protocols.modbus.codec import decode_block
+from protocols.modbus.planner import plan_blocks
+from protocols.modbus.profiles import PROFILES
+from simulators.meter_model import (
+    DAY_S,
+    INSTALL_EPOCH_S,
+    UTC_OFFSET_S,
+    Fault,
+    SimulatedMeter,
+    is_weekend,
+)
+
+# 2025-03-03 00:00 MSK, a Monday
+MONDAY = 1_740_949_200
+assert (MONDAY + UTC_OFFSET_S) % DAY_S == 0 and not is_weekend((MONDAY + UTC_OFFSET_S) // DAY_S)
+
+
+def _meter(device_id: str = "sdm630-15020-1", profile: str = "sdm630") -> SimulatedMeter:
+    return SimulatedMeter(device_id, PROFILES[profile])
+
+
+def test_counter_is_deterministic_across_instances_and_query_order() -> None:
+    a, b = _meter(), _meter()
+    t = MONDAY + 12.5 * 3600
+    b.energy_since_install_kwh(t + 40 * DAY_S)  # b walks its day cache forward first
+    assert a.energy_since_install_kwh(t) == pytest.approx(b.energy_since_install_kwh(t), rel=1e-12)
+    assert a.values(t) == b.values(t)
+    assert _meter("sdm630-15020-2").values(t) != a.values(t)  # another device, another meter
+
+
+def test_counter_is_monotonic() -> None:
+    m = _meter()
+    previous = -1.0
+    for step in range(14 * 24 * 4):  # two weeks in 15-minute steps
+        e = m.energy_since_install_kwh(MONDAY + step * 900)
+        assert e >= previous
+        previous = e
+    assert m.energy_since_install_kwh(INSTALL_EPOCH_S - 10) == 0.0
+    assert m.energy_since_install_kwh(INSTALL_EPOCH_S + 3600) > 0.0
+
+
+@pytest.mark.parametrize("device_id", [f"wb-map3e-15020-{u}" for u in range(1, 6)])
+def test_daily_energy_is_plausible_for_a_small_business(device_id: str) -> None:
+    m = _meter(device_id, "wb-map3e")
+    week = [
+        m.energy_since_install_kwh(MONDAY + (d + 1) * DAY_S) - m.energy_since_install_kwh(MONDAY + d * DAY_S)
+        for d in range(7)
+    ]
+    assert all(10 <= kwh <= 150 for kwh in week), week
+    weekday_mean, weekend_mean = sum(week[:5]) / 5, sum(week[5:]) / 2
+    assert weekend_mean < weekday_mean
+
+
+def test_counter_integrates_the_reported_power() -> None:
+    m = _meter()
+    start = MONDAY + DAY_S  # Tuesday
+    riemann_kwh = sum(m.values(start + s)["1-0:1.7.0"] for s in range(30, DAY_S, 60)) * 60 / 3600 / 1000
+    counted = m.energy_since_install_kwh(start + DAY_S) - m.energy_since_install_kwh(start)
+    assert riemann_kwh == pytest.approx(counted, rel=0.01)  # noise averages out
+
+
+def test_daily_curve_has_night_base_and_day_peaks() -> None:
+    m = _meter()
+    at = {h: m.load_fraction(MONDAY + h * 3600) for h in range(24)}
+    night = max(at[h] for h in range(5))
+    assert at[9] > 3 * night and at[18] > 3 * night  # morning and evening peaks over the base load
+    saturday = MONDAY + 5 * DAY_S
+    assert m.load_fraction(saturday + 9 * 3600) < at[9]
+
+
+def test_instantaneous_values_are_consistent() -> None:
+    v = _meter().values(MONDAY + 10 * 3600)
+    phases = v["1-0:21.7.0"] + v["1-0:41.7.0"] + v["1-0:61.7.0"]
+    assert phases == pytest.approx(v["1-0:1.7.0"])
+    assert v["1-0:9.7.0"] ** 2 == pytest.approx(v["1-0:1.7.0"] ** 2 + v["1-0:3.7.0"] ** 2, rel=1e-9)
+    assert 0.88 <= v["1-0:13.7.0"] <= 0.995
+    for volts in ("1-0:32.7.0", "1-0:52.7.0", "1-0:72.7.0"):
+        assert 220 <= v[volts] <= 240
+    assert v["1-0:31.7.0"] == pytest.approx(v["1-0:21.7.0"] / (v["1-0:32.7.0"] * v["1-0:13.7.0"]))
+    assert v["1-0:21.8.0"] + v["1-0:41.8.0"] + v["1-0:61.8.0"] == pytest.approx(v["1-0:1.8.0"])
+
+
+@pytest.mark.parametrize("profile", ["sdm630", "wb-map3e"])
+def test_register_words_decode_back_to_the_model(profile: str) -> None:
+    m = _meter(f"{profile}-1-1", profile)
+    t = MONDAY + 8 * 3600
+    truth = m.values(t)
+    p = PROFILES[profile]
+    for block in plan_blocks(p):
+        values, problems = decode_block(block, m.read_words(block.start, block.count, t), p.word_order)
+        assert problems == []
+        for v in values:
+            tolerance = max(p.field_for(v.quantity).scale, abs(truth[v.quantity]) * 1e-6)
+            assert v.value == pytest.approx(truth[v.quantity], abs=tolerance), v.quantity
+
+
+def test_read_words_outside_the_map_are_zero_and_partial_windows_work() -> None:
+    m = _meter()
+    t = MONDAY
+    assert m.read_words(0x0200, 4, t) == [0, 0, 0, 0]
+    full = m.read_words(0x0000, 80, t)
+    assert m.read_words(0x0001, 3, t) == full[1:4]  # starts inside V L1
+    assert m.read_words(0x004E, 6, t) == full[0x4E:0x50] + [0, 0, 0, 0]
+    regs = m.registers(t)
+    assert regs[0x0000] == full[0] and 0x0012 not in regs
+
+
+def test_faults() -> None:
+    m = _meter()
+    t = MONDAY + 12 * 3600
+    m.set_fault(Fault.GARBAGE, t)
+    assert m.read_words(0, 4, t) == [0xFFFF] * 4
+    m.set_fault(Fault.EXCEPTION, t, code=4)
+    assert (m.fault, m.exception_code) == (Fault.EXCEPTION, 4)
+    m.set_fault(Fault.NONE, t)
+    before = m.values(t)["1-0:1.8.0"]
+    m.set_fault(Fault.RESET, t)
+    assert m.fault is Fault.NONE  # a reset happens once
+    assert before > 100
+    assert m.values(t)["1-0:1.8.0"] == pytest.approx(0.0, abs=1e-9)
+    assert m.values(t)["1-0:2.8.0"] == 0.0
+    assert 0 < m.values(t + 3600)["1-0:1.8.0"] < 20
