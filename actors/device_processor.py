@@ -62,13 +62,11 @@ class DeviceProcessorCore(ConsumerStage):
                 out.append((self._out_readings, m.partition(), key, codec.encode(batch)))
             for e in events:
                 out.append((self._out_events, m.partition(), key, codec.encode_event(e)))
-                metrics.device_events().inc(tags={"kind": e.kind, "status": e.status.value})
+                metrics.count(metrics.device_events(), 1, kind=e.kind, status=e.status.value)
         await self._producer.send_many(out)
         await device_repo.save_states(self._pool, [s.to_row() for s in touched.values()])
-        metrics.readings().inc(n_readings, tags={"stage": self.role})
-        dlq = len(messages) - len(items)
-        if dlq:
-            metrics.dead_letters().inc(dlq, tags={"stage": self.role})
+        metrics.count(metrics.readings(), n_readings, stage=self.role)
+        metrics.count(metrics.dead_letters(), len(messages) - len(items), stage=self.role)
 
     async def _load_states(self, device_ids: set[str]) -> None:
         missing = device_ids - self._states.keys()

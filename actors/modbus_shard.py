@@ -167,13 +167,10 @@ class ModbusShardCore:
         self.stats.polls_failed += len(failures)
         self.stats.readings += n_readings
         self.stats.dead_letters += len(dead)
-        if batches:
-            metrics.polls().inc(len(batches), tags={"protocol": "modbus", "outcome": "ok"})
-            metrics.readings().inc(n_readings, tags={"stage": "modbus-shard"})
-        if failures:
-            metrics.polls().inc(len(failures), tags={"protocol": "modbus", "outcome": "failed"})
-        if dead:
-            metrics.dead_letters().inc(len(dead), tags={"stage": "modbus-shard"})
+        metrics.count(metrics.polls(), len(batches), protocol="modbus", outcome="ok")
+        metrics.count(metrics.polls(), len(failures), protocol="modbus", outcome="failed")
+        metrics.count(metrics.readings(), n_readings, stage="modbus-shard")
+        metrics.count(metrics.dead_letters(), len(dead), stage="modbus-shard")
 
     @staticmethod
     def _failure(device_id: str, slot: int, conn: ModbusConnection, kind: FailureKind, detail: str) -> PollFailure:

@@ -50,10 +50,10 @@ class PgWriterCore(ConsumerStage):
             rows.extend((batch.device_id, v.quantity, ts, v.value, v.unit, v.quality, batch.source) for v in batch.values)
         if dead:
             await self._producer.send_many(dead)
-            metrics.dead_letters().inc(len(dead), tags={"stage": self.role})
+            metrics.count(metrics.dead_letters(), len(dead), stage=self.role)
         async with self._pool.acquire() as conn:
             await self._writer.write(conn, rows)
-        metrics.readings().inc(len(rows), tags={"stage": self.role})
+        metrics.count(metrics.readings(), len(rows), stage=self.role)
 
 
 @ray.remote(num_cpus=0, max_restarts=0)

@@ -29,6 +29,7 @@ log = logging.getLogger(__name__)
 SUPERVISOR_NAME = "supervisor"
 WATCH_INTERVAL_S = 1.0
 PING_TIMEOUT_S = 10.0
+STOP_TIMEOUT_S = 20.0
 
 
 @dataclass(slots=True)
@@ -103,7 +104,7 @@ class Supervisor:
         if child.handle is not None:
             ray.kill(child.handle, no_restart=True)
         child.restarts += 1
-        metrics.actor_restarts().inc(tags={"role": child.role})
+        metrics.count(metrics.actor_restarts(), 1, role=child.role)
         try:
             await self._launch(child)
         except Exception as err:  # the next watch round tries again
@@ -125,8 +126,9 @@ class Supervisor:
     async def shutdown(self) -> None:
         if self._watcher is not None:
             self._watcher.cancel()
-        await asyncio.gather(*(c.handle.stop.remote() for c in self._children.values() if c.handle),
-                             return_exceptions=True)
+        # Children flush their producers on stop; one that hangs must not hold the others up.
+        stops = [asyncio.wait_for(c.handle.stop.remote(), STOP_TIMEOUT_S) for c in self._children.values() if c.handle]
+        await asyncio.gather(*stops, return_exceptions=True)
         for c in self._children.values():
             if c.handle is not None:
                 ray.kill(c.handle, no_restart=True)

@@ -45,3 +45,9 @@ def device_events() -> metrics.Counter:
 def actor_restarts() -> metrics.Counter:
     return metrics.Counter("meterray_actor_restarts_total", "Actors the supervisor had to recreate",
                            tag_keys=("role",))
+
+
+def count(counter: metrics.Counter, n: int, **tags: str) -> None:
+    """Add `n` to a counter; Ray refuses increments of zero, and an empty batch is normal."""
+    if n > 0:
+        counter.inc(n, tags=tags)
