@@ -46,14 +46,17 @@ def _meterray_processes() -> list[psutil.Process]:
     return found
 
 
-def _cpu_and_rss(procs: list[psutil.Process]) -> tuple[dict[int, float], float]:
+def _cpu_and_rss(procs: list[psutil.Process]) -> tuple[dict[int, tuple[str, float]], float]:
+    """CPU seconds so far by pid (with a short process name), and the summed RSS in MiB."""
     cpu, rss = {}, 0.0
     for p in procs:
         try:
             t = p.cpu_times()
-            cpu[p.pid] = t.user + t.system
+            name = p.cmdline()[0] if p.pid != os.getpid() else "driver"
+            cpu[p.pid] = (name.removeprefix("ray::") if name.startswith("ray::") else
+                          "idle worker" if "default_worker" in " ".join(p.cmdline()) else name, t.user + t.system)
             rss += p.memory_info().rss
-        except psutil.Error:
+        except (psutil.Error, IndexError):
             pass
     return cpu, rss / 2**20
 
@@ -101,6 +104,8 @@ def run_baseline(settings: Settings, manifest: Path, meters: int, interval_s: fl
         check=True, capture_output=True, text=True, cwd=REPO_ROOT,
     )
     r = json.loads(out.stdout.strip().splitlines()[-1])
+    if r["delivery_errors"] or r["polls_failed"]:
+        _say(f"baseline: {r['polls_failed']} failed polls, {r['delivery_errors']} Kafka errors ({r['last_error']})")
     result = _summary(meters, interval_s, seconds, r["polls_ok"], r["readings"], r["cpu_s"], r["rss_mb"],
                       r["p50_ms"], r["p99_ms"], 0)
     result["note"] = "no PostgreSQL stage: raw register words straight to Kafka, so readings_in_postgres is 0"
@@ -130,7 +135,10 @@ def run_meterray(settings: Settings, manifest: Path, meters: int, interval_s: fl
         t1 = int(time.time() * 1000)
         procs = _meterray_processes()
         cpu1, rss = _cpu_and_rss(procs)
-        cpu_s = sum(v - cpu0.get(pid, 0.0) for pid, v in cpu1.items())
+        by_process: dict[str, float] = {}
+        for pid, (name, cpu) in cpu1.items():
+            by_process[name] = by_process.get(name, 0.0) + cpu - cpu0.get(pid, (name, 0.0))[1]
+        cpu_s = sum(by_process.values())
         stats = ray.get([s.ping.remote() for s in shards])
         polls_ok = sum(s["polls_ok"] for s in stats)
         readings = sum(s["readings"] for s in stats)
@@ -141,7 +149,9 @@ def run_meterray(settings: Settings, manifest: Path, meters: int, interval_s: fl
         ray.get(supervisor.shutdown.remote(), timeout=60)
         ray.kill(supervisor, no_restart=True)
         ray.shutdown()
-    return _summary(meters, interval_s, seconds, polls_ok, readings, cpu_s, rss, p50, p99, in_pg)
+    result = _summary(meters, interval_s, seconds, polls_ok, readings, cpu_s, rss, p50, p99, in_pg)
+    result["cpu_s_by_process"] = {k: round(v, 2) for k, v in sorted(by_process.items(), key=lambda kv: -kv[1])}
+    return result
 
 
 def _shard_handles(supervisor: Any) -> list[Any]:
@@ -183,8 +193,11 @@ def run_benchmark(settings: Settings, meters: int, interval_s: float, seconds: f
         ensure_topics(settings)
         from confluent_kafka.admin import AdminClient, NewTopic
 
-        AdminClient({"bootstrap.servers": settings.kafka_bootstrap}).create_topics(
+        admin = AdminClient({"bootstrap.servers": settings.kafka_bootstrap})
+        created = admin.create_topics(
             [NewTopic(settings.topic("bench.baseline"), num_partitions=settings.kafka_partitions)])
+        for fut in created.values():
+            fut.result(timeout=30)
         baseline = run_baseline(settings, manifest, meters, interval_s, seconds)
         meterray = run_meterray(settings, manifest, meters, interval_s, seconds)
     finally:

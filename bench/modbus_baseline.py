@@ -22,13 +22,13 @@ from protocols.modbus.planner import plan_blocks
 from protocols.modbus.profiles import PROFILES
 
 
-async def poll_endpoint(host: str, port: int, meters: list[dict], interval_s: float, stop_at: float,
-                        producer: Producer, topic: str, stats: dict) -> None:
+async def poll_endpoint(host: str, port: int, meters: list[dict], interval_s: float, phase_s: float,
+                        stop_at: float, producer: Producer, topic: str, stats: dict) -> None:
     client = AsyncModbusTcpClient(host, port=port, timeout=1.0, retries=0)
     await client.connect()
     plans = [(m["device_id"], m["unit_id"], plan_blocks(PROFILES[m["profile"]]), len(PROFILES[m["profile"]].fields))
              for m in meters]
-    tick = time.time()
+    tick = time.time() + phase_s  # endpoints spread over the interval, as meterray does
     while tick < stop_at:
         await asyncio.sleep(max(0.0, tick - time.time()))
         started = time.perf_counter()
@@ -53,7 +53,10 @@ async def poll_endpoint(host: str, port: int, meters: list[dict], interval_s: fl
 
             def delivered(err, _msg, n=n_values) -> None:
                 pending[0] -= 1
-                if err is None:
+                if err is not None:
+                    stats["delivery_errors"] += 1
+                    stats["last_error"] = str(err)
+                else:
                     stats["polls"] += 1
                     stats["readings"] += n
                     if pending[0] == 0:
@@ -80,15 +83,15 @@ async def run(args: argparse.Namespace) -> dict:
         endpoints[(m["host"], m["port"])].append(m)
     producer = Producer({"bootstrap.servers": args.bootstrap, "enable.idempotence": True, "acks": "all",
                          "compression.type": "lz4", "linger.ms": 5})
-    stats = {"polls": 0, "failed": 0, "readings": 0, "latencies": []}
     # Warm-up: the same loop for a few seconds, then the measured window.
     for phase, seconds in (("warmup", args.warmup), ("measure", args.seconds)):
-        stats = {"polls": 0, "failed": 0, "readings": 0, "latencies": []}
+        stats = {"polls": 0, "failed": 0, "readings": 0, "latencies": [], "delivery_errors": 0, "last_error": None}
         proc = psutil.Process()
         cpu0 = sum(proc.cpu_times()[:2])
         stop_at = time.time() + seconds
         await asyncio.gather(pump(producer, stop_at), *(
-            poll_endpoint(h, p, ms, args.interval, stop_at, producer, args.topic, stats) for (h, p), ms in endpoints.items()))
+            poll_endpoint(h, p, ms, args.interval, i * args.interval / len(endpoints), stop_at, producer, args.topic, stats)
+            for i, ((h, p), ms) in enumerate(endpoints.items())))
         producer.flush(10)
         cpu = sum(proc.cpu_times()[:2]) - cpu0
     lat = sorted(stats["latencies"])
@@ -96,6 +99,7 @@ async def run(args: argparse.Namespace) -> dict:
     return {
         "seconds": args.seconds,
         "polls_ok": stats["polls"], "polls_failed": stats["failed"], "readings": stats["readings"],
+        "delivery_errors": stats["delivery_errors"], "last_error": stats["last_error"],
         "p50_ms": pick(0.5), "p99_ms": pick(0.99), "cpu_s": round(cpu, 3),
         "rss_mb": round(psutil.Process().memory_info().rss / 2**20, 1),
         "max_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),

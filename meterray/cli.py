@@ -12,6 +12,11 @@ from meterray.settings import REPO_ROOT, Settings, SettingsError
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    args_list = list(sys.argv[1:] if argv is None else argv)
+    if args_list[:1] == ["simulate"]:  # every option belongs to the simulator's own parser
+        from simulators.modbus_server import main as simulator_main
+
+        return simulator_main(args_list[1:]) or 0
     parser = argparse.ArgumentParser(prog="meterray", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
 
@@ -27,8 +32,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--interval", type=float, default=5.0, help="poll interval, seconds (default 5)")
     p.add_argument("--timeout", type=float, default=1.0, help="request timeout, seconds (default 1)")
 
-    p = sub.add_parser("simulate", help="run simulated Modbus TCP meters (see --help)")
-    p.add_argument("args", nargs=argparse.REMAINDER, help="arguments of simulators.modbus_server")
+    sub.add_parser("simulate", help="run simulated Modbus TCP meters (`meterray simulate --help`)")
 
     p = sub.add_parser("run", help="run the ingestion runtime and the API until Ctrl-C")
 
@@ -46,7 +50,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     b.add_argument("--seconds", type=float, default=60.0)
     b.add_argument("--units-per-port", type=int, default=5)
 
-    args = parser.parse_args(argv)
+    args = parser.parse_args(args_list)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
         settings = Settings.from_env()
@@ -82,12 +86,6 @@ def _register(settings: Settings, args: argparse.Namespace) -> int:
     return 0
 
 
-def _simulate(settings: Settings, args: argparse.Namespace) -> int:
-    from simulators.modbus_server import main as simulator_main
-
-    return simulator_main([a for a in args.args if a != "--"]) or 0
-
-
 def _run(settings: Settings, args: argparse.Namespace) -> int:
     from meterray.demo import run_until_interrupted
 
@@ -121,7 +119,7 @@ def _bench(settings: Settings, args: argparse.Namespace) -> int:
 
 
 _COMMANDS = {"services": _services, "migrate": _migrate, "settings": _settings, "register": _register,
-             "simulate": _simulate, "run": _run, "demo": _demo, "status": _status, "bench": _bench}
+             "run": _run, "demo": _demo, "status": _status, "bench": _bench}
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -69,7 +69,9 @@ def start_simulator(settings: Settings, meters: int, units_per_port: int, base_p
     while not manifest.exists():
         if proc.poll() is not None or time.monotonic() > deadline:
             proc.kill()
-            raise RuntimeError(f"the Modbus simulator did not start; see {log.name}")
+            lines = Path(log.name).read_text(errors="replace").strip().splitlines()
+            raise RuntimeError(f"the Modbus simulator did not start ({lines[-1] if lines else 'no output'}); "
+                               f"see {log.name}")
         time.sleep(0.2)
     return proc
 
