@@ -26,6 +26,7 @@ from meterray.settings import REPO_ROOT, Settings
 RESULTS = REPO_ROOT / "bench" / "results"
 SIM_BASE_PORT = 17020
 WARMUP_S = 10.0
+RAY_DAEMONS = {"DashboardAgent", "RuntimeEnvAgent"}  # Ray's per-node agents, not meterray's work
 
 
 def _say(msg: str) -> None:
@@ -40,6 +41,8 @@ def _meterray_processes() -> list[psutil.Process]:
         try:
             cmd = " ".join(p.cmdline())
         except psutil.Error:
+            continue
+        if cmd.startswith("ray::") and cmd.split()[0].removeprefix("ray::") in RAY_DAEMONS:
             continue
         if cmd.startswith("ray::") or "default_worker.py" in cmd:
             found.append(p)
