@@ -25,7 +25,7 @@ from meterray.settings import Settings
 from protocols.modbus.client import ModbusEndpoint, ModbusError
 from protocols.modbus.profiles import PROFILES
 from storage.kafka import codec, topics
-from storage.kafka.producer import AsyncProducer
+from storage.kafka.producer import AsyncProducer, DeliveryError
 
 log = logging.getLogger(__name__)
 
@@ -42,6 +42,7 @@ class PollStats:
         self.readings = 0
         self.dead_letters = 0
         self.overruns = 0  # slots skipped because the previous cycle ran late
+        self.delivery_failures = 0  # cycles whose data Kafka did not acknowledge
         self.latencies_ms: deque[float] = deque(maxlen=50_000)
 
     def summary(self) -> dict[str, object]:
@@ -49,6 +50,7 @@ class PollStats:
         pick = (lambda q: round(lat[min(len(lat) - 1, int(q * len(lat)))], 2)) if lat else (lambda q: None)
         return {"polls_ok": self.polls_ok, "polls_failed": self.polls_failed, "readings": self.readings,
                 "dead_letters": self.dead_letters, "overruns": self.overruns,
+                "delivery_failures": self.delivery_failures,
                 "p50_ms": pick(0.50), "p99_ms": pick(0.99), "latency_samples": len(lat)}
 
 
@@ -76,6 +78,10 @@ class ModbusShardCore:
         return {"running": len(self._tasks), "started": started, "stopped": len(stopped)}
 
     def connection_ids(self) -> list[str]:
+        """The connections this shard runs; raises if one's task died, so the supervisor replaces the shard."""
+        for cid, (_, task) in self._tasks.items():
+            if task.done() and not task.cancelled() and task.exception() is not None:
+                raise RuntimeError(f"poll task of {cid} died: {task.exception()!r}")
         return sorted(self._tasks)
 
     async def stop(self) -> None:
@@ -94,17 +100,20 @@ class ModbusShardCore:
         try:
             while True:
                 await asyncio.sleep(max(0.0, (slot - _now_ms()) / 1000))
-                if not connected:
-                    try:
+                try:
+                    if not connected:
                         await endpoint.connect()
                         connected = True
-                    except ModbusError as err:
-                        await self._publish([], [self._failure(d.device_id, slot, conn, err.kind, str(err))
-                                                 for d in conn.devices], [], conn)
-                        delay_ms = backoff.next_delay() * 1000
-                        slot = _next_slot(_now_ms() + delay_ms, interval_ms, phase_ms)
-                        continue
-                connected = await self._poll_cycle(conn, endpoint, slot)
+                    connected = await self._poll_cycle(conn, endpoint, slot)
+                except ModbusError as err:  # could not connect: every device behind it shares that
+                    await self._publish([], [self._failure(d.device_id, slot, conn, err.kind, str(err))
+                                             for d in conn.devices], [], conn)
+                except DeliveryError as err:
+                    # Kafka refused this slot's data: it is not retried (the next slot reads the
+                    # counters again), but it is counted and said, and polling backs off.
+                    self.stats.delivery_failures += 1
+                    log.warning("%s: Kafka did not take slot %d: %s", conn.connection_id, slot, err)
+                    connected = False
                 if connected:
                     backoff.reset()
                     slot += interval_ms
@@ -144,11 +153,10 @@ class ModbusShardCore:
                     raw = struct.pack(f">{len(p.raw_words)}H", *p.raw_words)
                     dead.append((device.device_id, raw, f"{p.quantity} @0x{p.address:04X}: {p.reason}"))
         await self._publish(batches, failures, dead, conn)
+        # Every device's data waited for the whole cycle: poll start to Kafka acknowledgement.
         elapsed_ms = (time.perf_counter() - started) * 1000
-        per_device = elapsed_ms  # the whole cycle is what each device's data waited for
-        for _ in conn.devices:
-            self.stats.latencies_ms.append(per_device)
-        metrics.poll_latency_ms().observe(per_device, tags={"protocol": "modbus"})
+        self.stats.latencies_ms.extend([elapsed_ms] * len(conn.devices))
+        metrics.poll_latency_ms().observe(elapsed_ms, tags={"protocol": "modbus"})
         return healthy
 
     async def _publish(self, batches: list[ReadingBatch], failures: list[PollFailure],

@@ -22,6 +22,8 @@ import asyncpg
 import psutil
 
 from meterray.settings import REPO_ROOT, Settings
+from storage.postgres.databases import recreate_database
+from storage.postgres.readings import count_readings
 
 RESULTS = REPO_ROOT / "bench" / "results"
 SIM_BASE_PORT = 17020
@@ -64,21 +66,11 @@ def _cpu_and_rss(procs: list[psutil.Process]) -> tuple[dict[int, tuple[str, floa
     return cpu, rss / 2**20
 
 
-async def _recreate_db(admin_dsn: str, dsn: str, name: str) -> None:
-    conn = await asyncpg.connect(admin_dsn)
-    try:
-        await conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-        await conn.execute(f'CREATE DATABASE "{name}"')
-    finally:
-        await conn.close()
-
-
 async def _count_readings(dsn: str, start_ms: int, end_ms: int) -> int:
     conn = await asyncpg.connect(dsn)
     try:
-        return await conn.fetchval(
-            "SELECT count(*) FROM monitoring.readings WHERE ts >= $1 AND ts < $2",
-            datetime.fromtimestamp(start_ms / 1000, timezone.utc), datetime.fromtimestamp(end_ms / 1000, timezone.utc))
+        return await count_readings(conn, datetime.fromtimestamp(start_ms / 1000, timezone.utc),
+                                    datetime.fromtimestamp(end_ms / 1000, timezone.utc))
     finally:
         await conn.close()
 
@@ -179,11 +171,7 @@ def run_benchmark(settings: Settings, meters: int, interval_s: float, seconds: f
     from meterray.demo import start_simulator
 
     run_id = uuid.uuid4().hex[:6]
-    bench_db = "meterray_bench"
-    asyncio.run(_recreate_db(settings.pg_dsn, settings.pg_dsn, bench_db))
-    from urllib.parse import urlsplit, urlunsplit
-
-    dsn = urlunsplit(urlsplit(settings.pg_dsn)._replace(path=f"/{bench_db}"))
+    dsn = asyncio.run(recreate_database(settings.pg_dsn, "meterray_bench"))
     settings = settings.model_copy(update={"pg_dsn": dsn, "kafka_topic_prefix": f"bench-{run_id}.",
                                            "ray_namespace": f"meterray-bench-{run_id}"})
     (settings.var_dir / "log").mkdir(parents=True, exist_ok=True)

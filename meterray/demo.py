@@ -10,6 +10,7 @@ import sys
 import threading
 import time
 from collections import defaultdict
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
 import asyncpg
@@ -33,15 +34,12 @@ def manifest_connections(manifest: list[dict], interval_s: float, timeout_s: flo
 
 
 async def _register(settings: Settings, connections: list[ModbusConnection]) -> None:
-    from storage.postgres.devices import save_modbus_connections
+    from storage.postgres.devices import replace_modbus_connections
 
     conn = await asyncpg.connect(settings.pg_dsn)
     try:
-        async with conn.transaction():
-            # Simulated meters of an earlier run that this manifest no longer has are removed.
-            await conn.execute("DELETE FROM devices.connections WHERE id LIKE $1 AND NOT id = ANY($2::text[])",
-                               SIM_PREFIX + "%", [c.connection_id for c in connections])
-            await save_modbus_connections(conn, connections)
+        # Simulated meters of an earlier run that this manifest no longer has are removed.
+        await replace_modbus_connections(conn, connections, SIM_PREFIX)
     finally:
         await conn.close()
 
@@ -77,12 +75,11 @@ def start_simulator(settings: Settings, meters: int, units_per_port: int, base_p
 
 
 async def _reporting(settings: Settings) -> tuple[int, int]:
+    from storage.postgres.readings import count_reporting_devices
+
     conn = await asyncpg.connect(settings.pg_dsn)
     try:
-        row = await conn.fetchrow(
-            "SELECT count(*) AS devices, count(*) FILTER (WHERE EXISTS (SELECT 1 FROM monitoring.readings_current c"
-            " WHERE c.device_id = d.id AND c.ts > now() - interval '1 minute')) AS reporting FROM devices.devices d")
-        return row["reporting"], row["devices"]
+        return await count_reporting_devices(conn, datetime.now(timezone.utc) - timedelta(minutes=1))
     finally:
         await conn.close()
 
@@ -103,6 +100,7 @@ def _wait_for_interrupt(settings: Settings, show_progress: bool) -> None:
 def _print_urls(settings: Settings, api: str) -> None:
     print(f"\nmeterray is running\n  API:            {api}/api/v1/devices\n  OpenAPI docs:   {api}/docs\n"
           f"  health:         {api}/healthz\n  Ray dashboard:  http://127.0.0.1:{settings.dashboard_port}\n"
+          f"  Prometheus:     http://127.0.0.1:{settings.metrics_port}/metrics (meterray_* series)\n"
           "Press Ctrl-C to stop.\n", flush=True)
 
 

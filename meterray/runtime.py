@@ -30,6 +30,7 @@ def init_ray(settings: Settings, *, dashboard: bool = True) -> None:
         include_dashboard=dashboard,
         dashboard_host="127.0.0.1",
         dashboard_port=settings.dashboard_port,
+        _metrics_export_port=settings.metrics_port,
         object_store_memory=300 * 2**20,
         log_to_driver=False,
     )

@@ -33,6 +33,7 @@ class Settings(BaseModel):
     api_host: str = "127.0.0.1"
     api_port: int = Field(8000, ge=1, le=65535)
     dashboard_port: int = Field(8265, ge=1, le=65535)
+    metrics_port: int = Field(8090, ge=1, le=65535)  # Prometheus scrape port of the local Ray node
     ray_address: str = ""  # empty: start a local Ray instance
     ray_namespace: str = "meterray"
     ray_num_cpus: int = Field(2, ge=1)

@@ -12,9 +12,8 @@ import time
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import urlsplit
 
-import asyncpg
 import pytest
 
 os.environ.setdefault("RAY_AUTH_MODE", "disabled")
@@ -28,27 +27,14 @@ SIM_PORTS, SIM_UNITS = 4, 3  # 12 simulated meters behind 4 TCP endpoints
 POLL_INTERVAL_S = 1.0
 
 
-def _with_database(dsn: str, name: str) -> str:
-    parts = urlsplit(dsn)
-    return urlunsplit(parts._replace(path=f"/{name}"))
-
-
-async def _recreate_database(admin_dsn: str, name: str) -> None:
-    conn = await asyncpg.connect(admin_dsn)
-    try:
-        await conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-        await conn.execute(f'CREATE DATABASE "{name}"')
-    finally:
-        await conn.close()
-
-
 @pytest.fixture(scope="session")
 def settings() -> Settings:
+    from storage.postgres.databases import recreate_database
+
     base = Settings.from_env()
     test_db = f"{urlsplit(base.pg_dsn).path.lstrip('/') or 'meterray'}_test"
-    asyncio.run(_recreate_database(base.pg_dsn, test_db))
     return base.model_copy(update={
-        "pg_dsn": _with_database(base.pg_dsn, test_db),
+        "pg_dsn": asyncio.run(recreate_database(base.pg_dsn, test_db)),
         "kafka_topic_prefix": f"test-{RUN_ID}.",
         "ray_namespace": f"meterray-test-{RUN_ID}",
         "api_port": int(os.environ.get("METERRAY_TEST_API_PORT", "18000")),

@@ -121,3 +121,12 @@ async def save_states(conn: asyncpg.Connection | asyncpg.Pool, states: Iterable[
             for s in states
         ],
     )
+
+
+async def replace_modbus_connections(conn: asyncpg.Connection, connections: Sequence[ModbusConnection],
+                                     id_prefix: str) -> None:
+    """Make the connections whose id starts with `id_prefix` exactly `connections`, in one transaction."""
+    async with conn.transaction():
+        await conn.execute("DELETE FROM devices.connections WHERE id LIKE $1 AND NOT id = ANY($2::text[])",
+                           id_prefix + "%", [c.connection_id for c in connections])
+        await save_modbus_connections(conn, connections)

@@ -89,3 +89,15 @@ async def reading_history(
         """,
         device_id, quantity, start, end, limit,
     )
+
+
+async def count_readings(conn: asyncpg.Connection | asyncpg.Pool, start: datetime, end: datetime) -> int:
+    return await conn.fetchval("SELECT count(*) FROM monitoring.readings WHERE ts >= $1 AND ts < $2", start, end)
+
+
+async def count_reporting_devices(conn: asyncpg.Connection | asyncpg.Pool, since: datetime) -> tuple[int, int]:
+    """(devices with a current value newer than `since`, all devices)."""
+    row = await conn.fetchrow(
+        "SELECT count(*) AS devices, count(*) FILTER (WHERE EXISTS (SELECT 1 FROM monitoring.readings_current c"
+        " WHERE c.device_id = d.id AND c.ts > $1)) AS reporting FROM devices.devices d", since)
+    return row["reporting"], row["devices"]

@@ -23,14 +23,15 @@ def own_topics(stores: Settings) -> Settings:
     return s
 
 
-async def _run_core_until(s: Settings, done, timeout_s: float = 30) -> dict:
+async def _run_core_until(s: Settings, done, messages: int, timeout_s: float = 60) -> dict:
+    """Run a processor until `done(pool)` holds and it has committed `messages` messages."""
     pool = await asyncpg.create_pool(s.pg_dsn, min_size=1, max_size=2)
     producer = AsyncProducer(s.kafka_bootstrap)
     core = DeviceProcessorCore(s, pool, producer)
     await core.start()
     try:
         deadline = time.monotonic() + timeout_s
-        while not await done(pool):
+        while not (await done(pool) and (await core.ping())["messages"] >= messages):
             assert time.monotonic() < deadline, f"processor did not get there: {await core.ping()}"
             await asyncio.sleep(0.3)
         return await core.ping()
@@ -55,7 +56,7 @@ async def test_failures_only_batch_updates_state_publishes_events_and_dead_lette
         st = (await device_repo.load_states(pool, ["proc-a"])).get("proc-a")
         return st is not None and st.status == DeviceStatus.OFFLINE and st.consecutive_failures == 3
 
-    stats = await _run_core_until(s, offline)
+    stats = await _run_core_until(s, offline, 4)
     assert stats["messages"] == 4 and stats["sink_failures"] == 0, stats
 
     events = [codec.decode_event(v) for _, v in read_topic(s.kafka_bootstrap, s.topic(topics.DEVICE_EVENTS))]
@@ -74,7 +75,7 @@ async def test_failures_only_batch_updates_state_publishes_events_and_dead_lette
     async def b_seen(pool: asyncpg.Pool) -> bool:
         return "proc-b" in await device_repo.load_states(pool, ["proc-b"])
 
-    stats = await _run_core_until(s, b_seen)
+    stats = await _run_core_until(s, b_seen, 1)
     assert stats["messages"] == 1, stats
     out = [codec.decode(v) for _, v in read_topic(s.kafka_bootstrap, s.topic(topics.READINGS))]
     assert out == [ReadingBatch("proc-b", now, "test", (Value("1-0:1.8.0", 5.0, "kWh"),))]
