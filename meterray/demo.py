@@ -84,36 +84,37 @@ async def _reporting(settings: Settings) -> tuple[int, int]:
         await conn.close()
 
 
-def _wait_for_interrupt(settings: Settings, show_progress: bool) -> None:
+def _wait_for_interrupt(settings: Settings, show_progress: bool, started: float) -> None:
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stop.set())
-    started, all_in = time.monotonic(), False
+    all_in = False
     while not stop.wait(2.0):
         if show_progress and not all_in:
             reporting, total = asyncio.run(_reporting(settings))
             all_in = total > 0 and reporting == total
-            print(f"  {reporting}/{total} meters have current readings ({time.monotonic() - started:.0f} s)"
+            print(f"  {reporting}/{total} meters have current readings ({time.monotonic() - started:.0f} s since start)"
                   + ("  — all in" if all_in else ""), flush=True)
 
 
 def _print_urls(settings: Settings, api: str) -> None:
     print(f"\nmeterray is running\n  API:            {api}/api/v1/devices\n  OpenAPI docs:   {api}/docs\n"
           f"  health:         {api}/healthz\n  Ray dashboard:  http://127.0.0.1:{settings.dashboard_port}\n"
-          f"  Prometheus:     http://127.0.0.1:{settings.metrics_port}/metrics (meterray_* series)\n"
+          f"  Prometheus:     http://127.0.0.1:{settings.metrics_port}/metrics (ray_meterray_* series)\n"
           "Press Ctrl-C to stop.\n", flush=True)
 
 
-def run_until_interrupted(settings: Settings, show_progress: bool = True) -> int:
+def run_until_interrupted(settings: Settings, show_progress: bool = True, started: float | None = None) -> int:
     from meterray.runtime import init_ray, prepare_stores, start_api, start_ingestion, stop_all
 
+    started = time.monotonic() if started is None else started
     prepare_stores(settings)
     init_ray(settings)
     try:
         start_ingestion(settings)
         api = start_api(settings)
         _print_urls(settings, api)
-        _wait_for_interrupt(settings, show_progress)
+        _wait_for_interrupt(settings, show_progress, started)
     finally:
         print("stopping meterray …", flush=True)
         stop_all(settings)
@@ -123,6 +124,7 @@ def run_until_interrupted(settings: Settings, show_progress: bool = True) -> int
 def demo(settings: Settings, meters: int, interval_s: float) -> int:
     from meterray.runtime import prepare_stores
 
+    started = time.monotonic()
     (settings.var_dir / "log").mkdir(parents=True, exist_ok=True)
     prepare_stores(settings)
     manifest = settings.var_dir / "demo" / "manifest.json"
@@ -131,7 +133,7 @@ def demo(settings: Settings, meters: int, interval_s: float) -> int:
         n = register_manifest(settings, manifest, interval_s, min(1.0, interval_s / 2))
         print(f"simulator: {meters} meters on {n} Modbus TCP ports from 127.0.0.1:{DEMO_BASE_PORT}, "
               f"fault control on http://127.0.0.1:{DEMO_BASE_PORT - 1}/devices", flush=True)
-        return run_until_interrupted(settings)
+        return run_until_interrupted(settings, started=started)
     finally:
         os.killpg(sim.pid, signal.SIGTERM)
         sim.wait(timeout=10)
