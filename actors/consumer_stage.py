@@ -9,14 +9,15 @@ import asyncio
 import logging
 import os
 import random
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import asyncpg
 from confluent_kafka import Message
 
 from meterray.settings import Settings
+from storage.kafka import codec, topics
 from storage.kafka.consumer import AsyncConsumer
-from storage.kafka.producer import AsyncProducer
+from storage.kafka.producer import AsyncProducer, OutMessage
 
 log = logging.getLogger(__name__)
 
@@ -27,8 +28,10 @@ class ConsumerStage:
     role = "stage"
     max_batch = 2000
 
-    def __init__(self, consumer: AsyncConsumer) -> None:
-        self._consumer = consumer
+    def __init__(self, settings: Settings, group_id: str, topic: str) -> None:
+        self._consumer = AsyncConsumer(settings.kafka_bootstrap, settings.topic(group_id), [settings.topic(topic)])
+        self._dlq = settings.topic(topics.READINGS_DLQ)
+        self._partitions = settings.kafka_partitions
         self._task: asyncio.Task[None] | None = None
         self._stopping = False
         self.batches = 0
@@ -38,6 +41,13 @@ class ConsumerStage:
 
     async def handle(self, messages: Sequence[Message]) -> None:
         raise NotImplementedError
+
+    def dead_letter(self, message: Message, reason: str) -> OutMessage:
+        """A dead-letter record for a message this stage cannot use: why, where from, the raw bytes."""
+        key = message.key()
+        return (self._dlq, topics.partition_for(key.decode(errors="replace") if key else "", self._partitions), key,
+                codec.encode_dead_letter(reason, message.value(), stage=self.role, topic=message.topic(),
+                                         partition=message.partition(), offset=message.offset()))
 
     async def start(self) -> None:
         if self._task is None:
@@ -85,7 +95,7 @@ class ConsumerStage:
 class StageHost:
     """The body of a stage's Ray actor: owns the process's PostgreSQL pool and Kafka producer."""
 
-    core_class: type[ConsumerStage]
+    core_class: Callable[[Settings, asyncpg.Pool, AsyncProducer], ConsumerStage]
 
     def __init__(self, settings: Settings) -> None:
         self._settings = settings
@@ -98,7 +108,7 @@ class StageHost:
             self._pool = await asyncpg.create_pool(self._settings.pg_dsn, min_size=1, max_size=2)
             self._producer = AsyncProducer(self._settings.kafka_bootstrap)
             await self._producer.start()
-            self._core = self.core_class(self._settings, self._pool, self._producer)  # type: ignore[call-arg]
+            self._core = self.core_class(self._settings, self._pool, self._producer)
             await self._core.start()
 
     async def ping(self) -> dict[str, object]:

@@ -18,8 +18,7 @@ from meterray import metrics
 from meterray.domain import PollFailure, ReadingBatch
 from meterray.settings import Settings
 from storage.kafka import codec, topics
-from storage.kafka.consumer import AsyncConsumer
-from storage.kafka.producer import AsyncProducer
+from storage.kafka.producer import AsyncProducer, OutMessage
 from storage.postgres import devices as device_repo
 
 GROUP_ID = "meterray-device-processor"
@@ -29,39 +28,36 @@ class DeviceProcessorCore(ConsumerStage):
     role = "device-processor"
 
     def __init__(self, settings: Settings, pool: asyncpg.Pool, producer: AsyncProducer) -> None:
-        super().__init__(AsyncConsumer(settings.kafka_bootstrap, settings.topic(GROUP_ID),
-                                       [settings.topic(topics.READINGS_RAW)]))
-        self._settings = settings
+        super().__init__(settings, GROUP_ID, topics.READINGS_RAW)
         self._pool = pool
         self._producer = producer
         self._states: dict[str, DeviceState] = {}
         self._out_readings = settings.topic(topics.READINGS)
         self._out_events = settings.topic(topics.DEVICE_EVENTS)
-        self._dlq = settings.topic(topics.READINGS_DLQ)
 
     async def handle(self, messages: Sequence[Message]) -> None:
-        items: list[tuple[Message, ReadingBatch | PollFailure]] = []
-        out: list[tuple[str, int, bytes | None, bytes]] = []
+        items: list[ReadingBatch | PollFailure] = []
+        out: list[OutMessage] = []
         for m in messages:
             try:
-                items.append((m, codec.decode(m.value())))
+                items.append(codec.decode(m.value()))
             except codec.CodecError as err:
-                out.append((self._dlq, m.partition(), m.key(), codec.encode_dead_letter(
-                    str(err), m.value(), stage=self.role, topic=m.topic(), partition=m.partition(), offset=m.offset())))
-        await self._load_states({item.device_id for _, item in items})
+                out.append(self.dead_letter(m, str(err)))
+        await self._load_states({item.device_id for item in items})
         now_ms = int(time.time() * 1000)
         touched: dict[str, DeviceState] = {}
         n_readings = 0
-        for m, item in items:
+        for item in items:
             state = self._states[item.device_id]
             batch, events = state.apply(item, now_ms)
             touched[item.device_id] = state
             key = item.device_id.encode()
+            partition = topics.partition_for(item.device_id, self._partitions)
             if batch is not None:
                 n_readings += len(batch.values)
-                out.append((self._out_readings, m.partition(), key, codec.encode(batch)))
+                out.append((self._out_readings, partition, key, codec.encode(batch)))
             for e in events:
-                out.append((self._out_events, m.partition(), key, codec.encode_event(e)))
+                out.append((self._out_events, partition, key, codec.encode_event(e)))
                 metrics.count(metrics.device_events(), 1, kind=e.kind, status=e.status.value)
         await self._producer.send_many(out)
         await device_repo.save_states(self._pool, [s.to_row() for s in touched.values()])

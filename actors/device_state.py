@@ -8,7 +8,13 @@ from __future__ import annotations
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timezone
 
-from meterray.domain import DeviceEvent, DeviceStatus, PollFailure, Quality, ReadingBatch, Value
+from meterray.domain import (
+    DeviceEvent,
+    DeviceStatus,
+    PollFailure,
+    Quality,
+    ReadingBatch,
+)
 from meterray.quantities import QUANTITIES
 from storage.postgres.devices import StateRow
 

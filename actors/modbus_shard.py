@@ -167,7 +167,8 @@ class ModbusShardCore:
         out += [(self._raw_topic, topics.partition_for(f.device_id, parts), f.device_id.encode(), codec.encode(f))
                 for f in failures]
         out += [(self._dlq_topic, topics.partition_for(d, parts), d.encode(),
-                 codec.encode_dead_letter(reason, raw, stage="modbus-shard", device_id=d, connection=conn.connection_id))
+                 codec.encode_dead_letter(reason, raw, stage="modbus-shard", device_id=d,
+                                          connection=conn.connection_id))
                 for d, raw, reason in dead]
         await self._producer.send_many(out)
         n_readings = sum(len(b.values) for b in batches)

@@ -15,8 +15,7 @@ from meterray import metrics
 from meterray.domain import ReadingBatch
 from meterray.settings import Settings
 from storage.kafka import codec, topics
-from storage.kafka.consumer import AsyncConsumer
-from storage.kafka.producer import AsyncProducer
+from storage.kafka.producer import AsyncProducer, OutMessage
 from storage.postgres.readings import ReadingRow, ReadingsWriter, ts_from_ms
 
 GROUP_ID = "meterray-pg-writer"
@@ -27,27 +26,25 @@ class PgWriterCore(ConsumerStage):
     max_batch = 5000
 
     def __init__(self, settings: Settings, pool: asyncpg.Pool, producer: AsyncProducer) -> None:
-        super().__init__(AsyncConsumer(settings.kafka_bootstrap, settings.topic(GROUP_ID),
-                                       [settings.topic(topics.READINGS)]))
+        super().__init__(settings, GROUP_ID, topics.READINGS)
         self._pool = pool
         self._producer = producer
         self._writer = ReadingsWriter()
-        self._dlq = settings.topic(topics.READINGS_DLQ)
 
     async def handle(self, messages: Sequence[Message]) -> None:
         rows: list[ReadingRow] = []
-        dead: list[tuple[str, int, bytes | None, bytes]] = []
+        dead: list[OutMessage] = []
         for m in messages:
             try:
                 batch = codec.decode(m.value())
                 if not isinstance(batch, ReadingBatch):
                     raise codec.CodecError("a failure record reached the readings topic")
             except codec.CodecError as err:
-                dead.append((self._dlq, m.partition(), m.key(), codec.encode_dead_letter(
-                    str(err), m.value(), stage=self.role, topic=m.topic(), partition=m.partition(), offset=m.offset())))
+                dead.append(self.dead_letter(m, str(err)))
                 continue
             ts = ts_from_ms(batch.ts_ms)
-            rows.extend((batch.device_id, v.quantity, ts, v.value, v.unit, v.quality, batch.source) for v in batch.values)
+            rows.extend((batch.device_id, v.quantity, ts, v.value, v.unit, v.quality, batch.source)
+                        for v in batch.values)
         if dead:
             await self._producer.send_many(dead)
             metrics.count(metrics.dead_letters(), len(dead), stage=self.role)

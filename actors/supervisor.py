@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import Awaitable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -70,10 +71,10 @@ class Supervisor:
         finally:
             await conn.close()
         s = self._settings
-        for i in range(s.device_processors):
-            self._children[f"device-processor-{i}"] = Child(f"device-processor-{i}", "device-processor", DeviceProcessor)
-        for i in range(s.pg_writers):
-            self._children[f"pg-writer-{i}"] = Child(f"pg-writer-{i}", "pg-writer", PgWriter)
+        for role, actor_class, count in (("device-processor", DeviceProcessor, s.device_processors),
+                                         ("pg-writer", PgWriter, s.pg_writers)):
+            for i in range(count):
+                self._children[f"{role}-{i}"] = Child(f"{role}-{i}", role, actor_class)
         for i in range(0, len(connections), s.connections_per_shard):
             name = f"modbus-shard-{i // s.connections_per_shard}"
             self._children[name] = Child(name, "modbus-shard", ModbusShard, connections[i:i + s.connections_per_shard])
@@ -127,7 +128,8 @@ class Supervisor:
         if self._watcher is not None:
             self._watcher.cancel()
         # Children flush their producers on stop; one that hangs must not hold the others up.
-        stops = [asyncio.wait_for(c.handle.stop.remote(), STOP_TIMEOUT_S) for c in self._children.values() if c.handle]
+        stops: list[Awaitable[Any]] = [
+            asyncio.wait_for(c.handle.stop.remote(), STOP_TIMEOUT_S) for c in self._children.values() if c.handle]
         await asyncio.gather(*stops, return_exceptions=True)
         for c in self._children.values():
             if c.handle is not None:

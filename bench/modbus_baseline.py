@@ -51,7 +51,7 @@ async def poll_endpoint(host: str, port: int, meters: list[dict], interval_s: fl
                 pending[0] -= 1
                 continue
 
-            def delivered(err, _msg, n=n_values) -> None:
+            def delivered(err, _msg, n=n_values, pending=pending, started=started) -> None:
                 pending[0] -= 1
                 if err is not None:
                     stats["delivery_errors"] += 1
@@ -84,13 +84,14 @@ async def run(args: argparse.Namespace) -> dict:
     producer = Producer({"bootstrap.servers": args.bootstrap, "enable.idempotence": True, "acks": "all",
                          "compression.type": "lz4", "linger.ms": 5})
     # Warm-up: the same loop for a few seconds, then the measured window.
-    for phase, seconds in (("warmup", args.warmup), ("measure", args.seconds)):
+    for _phase, seconds in (("warmup", args.warmup), ("measure", args.seconds)):
         stats = {"polls": 0, "failed": 0, "readings": 0, "latencies": [], "delivery_errors": 0, "last_error": None}
         proc = psutil.Process()
         cpu0 = sum(proc.cpu_times()[:2])
         stop_at = time.time() + seconds
         await asyncio.gather(pump(producer, stop_at), *(
-            poll_endpoint(h, p, ms, args.interval, i * args.interval / len(endpoints), stop_at, producer, args.topic, stats)
+            poll_endpoint(h, p, ms, args.interval, i * args.interval / len(endpoints), stop_at, producer,
+                          args.topic, stats)
             for i, ((h, p), ms) in enumerate(endpoints.items())))
         producer.flush(10)
         cpu = sum(proc.cpu_times()[:2]) - cpu0

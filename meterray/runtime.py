@@ -48,7 +48,8 @@ def start_ingestion(settings: Settings) -> Any:
     """Start (or find) the detached supervisor and let it build every ingestion actor."""
     from actors.supervisor import SUPERVISOR_NAME, Supervisor
 
-    supervisor = Supervisor.options(name=SUPERVISOR_NAME, lifetime="detached", get_if_exists=True).remote(settings)
+    options = {"name": SUPERVISOR_NAME, "lifetime": "detached", "get_if_exists": True}
+    supervisor = Supervisor.options(**options).remote(settings)  # type: ignore[attr-defined]
     ray.get(supervisor.start.remote())
     return supervisor
 

@@ -33,4 +33,4 @@ class MonitoringApi:
 
 
 def build_app(settings: Settings) -> Application:
-    return MonitoringApi.bind(settings)
+    return MonitoringApi.bind(settings)  # type: ignore[attr-defined]  # added by @serve.deployment

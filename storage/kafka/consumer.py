@@ -45,7 +45,9 @@ class AsyncConsumer:
         """Commit the position after the last message of each partition in `messages`."""
         last: dict[tuple[str, int], int] = {}
         for m in messages:
-            last[(m.topic(), m.partition())] = m.offset()
+            topic, partition, offset = m.topic(), m.partition(), m.offset()
+            if topic is not None and partition is not None and offset is not None:
+                last[(topic, partition)] = offset
         if last:
             offsets = [TopicPartition(t, p, o + 1) for (t, p), o in last.items()]
             await asyncio.to_thread(self._consumer.commit, offsets=offsets, asynchronous=False)

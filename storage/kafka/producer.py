@@ -11,6 +11,8 @@ from typing import Any
 
 from confluent_kafka import KafkaError, KafkaException, Producer
 
+OutMessage = tuple[str, int, bytes | None, bytes]  # (topic, partition, key, value)
+
 
 class DeliveryError(RuntimeError):
     """Kafka refused or lost a message; the caller must not commit what it came from."""
@@ -20,7 +22,8 @@ class _BatchWaiter:
     __slots__ = ("future", "pending", "error")
 
     def __init__(self, future: asyncio.Future[None], pending: int) -> None:
-        self.future, self.pending, self.error = future, pending, None
+        self.future, self.pending = future, pending
+        self.error: KafkaError | None = None
 
     def done(self, err: KafkaError | None, _msg: Any) -> None:
         if err is not None and self.error is None:
@@ -58,7 +61,7 @@ class AsyncProducer:
             self._producer.poll(0)
             await asyncio.sleep(0.005 if len(self._producer) else 0.02)
 
-    async def send_many(self, messages: Iterable[tuple[str, int, bytes | None, bytes]]) -> None:
+    async def send_many(self, messages: Iterable[OutMessage]) -> None:
         """Produce (topic, partition, key, value) messages; return when all are acknowledged."""
         await self.start()
         batch = list(messages)

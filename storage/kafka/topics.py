@@ -34,7 +34,7 @@ def ensure_topics(settings: Settings, timeout_s: float = 30.0) -> list[str]:
         [NewTopic(t, num_partitions=settings.kafka_partitions, replication_factor=1) for t in missing],
         operation_timeout=timeout_s,
     )
-    for name, fut in futures.items():
+    for fut in futures.values():
         try:
             fut.result(timeout=timeout_s)
         except KafkaException as err:

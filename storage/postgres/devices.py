@@ -29,13 +29,14 @@ async def load_modbus_connections(conn: asyncpg.Connection | asyncpg.Pool) -> li
     return [
         ModbusConnection(
             r["id"], r["host"], r["port"], r["poll_interval_s"], r["timeout_s"],
-            tuple(DeviceSpec(i, p, u) for i, p, u in zip(r["ids"], r["profiles"], r["units"])),
+            tuple(DeviceSpec(i, p, u) for i, p, u in zip(r["ids"], r["profiles"], r["units"], strict=True)),
         )
         for r in rows
     ]
 
 
-async def save_modbus_connections(conn: asyncpg.Connection | asyncpg.Pool, connections: Sequence[ModbusConnection]) -> None:
+async def save_modbus_connections(conn: asyncpg.Connection | asyncpg.Pool,
+                                  connections: Sequence[ModbusConnection]) -> None:
     """Insert or update connections and their devices (idempotent)."""
     await conn.executemany(
         """

@@ -41,8 +41,10 @@ class ReadingsWriter:
                 SELECT DISTINCT ON (device_id, quantity, ts) device_id, quantity, ts, value, unit, quality, source
                 FROM {_STAGE} ORDER BY device_id, quantity, ts
                 ON CONFLICT (device_id, quantity, ts) DO UPDATE
-                    SET value = excluded.value, unit = excluded.unit, quality = excluded.quality, source = excluded.source
-                    WHERE (r.value, r.unit, r.quality) IS DISTINCT FROM (excluded.value, excluded.unit, excluded.quality)
+                    SET value = excluded.value, unit = excluded.unit, quality = excluded.quality,
+                        source = excluded.source
+                    WHERE (r.value, r.unit, r.quality)
+                        IS DISTINCT FROM (excluded.value, excluded.unit, excluded.quality)
                 """
             )
             await conn.execute(

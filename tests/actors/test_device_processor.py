@@ -41,7 +41,8 @@ async def _run_core_until(s: Settings, done, messages: int, timeout_s: float = 6
         await pool.close()
 
 
-async def test_failures_only_batch_updates_state_publishes_events_and_dead_letters_garbage(own_topics: Settings) -> None:
+async def test_failures_only_batch_updates_state_publishes_events_and_dead_letters_garbage(
+        own_topics: Settings) -> None:
     s = own_topics
     now = int(time.time() * 1000)
     raw = s.topic(topics.READINGS_RAW)

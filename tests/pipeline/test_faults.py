@@ -72,9 +72,10 @@ def test_killed_shard_is_restarted_and_its_meters_have_no_gap_or_duplicate(runti
         stamps = [s for s in stamps if s <= until.timestamp() * 1000 - 3000]
         assert len(stamps) >= 6, (device_id, stamps)
         assert len(stamps) == len(set(stamps)), f"{device_id}: duplicate polls {stamps}"
-        steps = {b - a for a, b in zip(stamps, stamps[1:])}
+        steps = {b - a for a, b in zip(stamps, stamps[1:], strict=False)}
         assert steps == {int(POLL_INTERVAL_S * 1000)}, f"{device_id}: missing or extra slots, steps {steps}"
-    dupes = sql(settings.pg_dsn, "SELECT count(*) - count(DISTINCT (device_id, quantity, ts)) AS d FROM monitoring.readings")
+    dupes = sql(settings.pg_dsn,
+                "SELECT count(*) - count(DISTINCT (device_id, quantity, ts)) AS d FROM monitoring.readings")
     assert dupes[0]["d"] == 0
 
 
@@ -119,7 +120,7 @@ def test_meters_answering_garbage_or_exceptions_stop_with_a_reason_while_others_
 
 
 def test_replaced_meter_counter_is_flagged_and_announced(runtime: dict, sim_control: str) -> None:
-    api, settings = runtime["api"], runtime["settings"]
+    settings = runtime["settings"]
     _all_reporting(runtime)
     device_id = runtime["manifest"][1]["device_id"]
     assert http("POST", f"{sim_control}/faults", {"device_id": device_id, "fault": "reset"})[0] == 200
