@@ -32,10 +32,15 @@ class DeviceProcessorCore(ConsumerStage):
         self._pool = pool
         self._producer = producer
         self._states: dict[str, DeviceState] = {}
+        self._rebalances_seen = 0
         self._out_readings = settings.topic(topics.READINGS)
         self._out_events = settings.topic(topics.DEVICE_EVENTS)
 
     async def handle(self, messages: Sequence[Message]) -> None:
+        if self._consumer.rebalances != self._rebalances_seen:
+            # Devices may have been owned by another processor meanwhile: its checkpoints are newer.
+            self._states.clear()
+            self._rebalances_seen = self._consumer.rebalances
         items: list[ReadingBatch | PollFailure] = []
         out: list[OutMessage] = []
         for m in messages:

@@ -25,8 +25,13 @@ class AsyncConsumer:
                 **config,
             }
         )
-        self._consumer.subscribe(list(topics))
+        self.rebalances = 0  # bumped whenever partitions come or go; owners of per-partition state watch it
+        self._consumer.subscribe(list(topics), on_assign=self._rebalanced, on_revoke=self._rebalanced,
+                                 on_lost=self._rebalanced)
         self._closed = False
+
+    def _rebalanced(self, _consumer: Consumer, _partitions: list[TopicPartition]) -> None:
+        self.rebalances += 1
 
     async def get_batch(self, max_messages: int = 1000, timeout_s: float = 0.5) -> list[Message]:
         """Messages that carry data; broker-side notices (partition EOF) are dropped, errors raised."""
