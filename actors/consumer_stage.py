@@ -28,8 +28,11 @@ class ConsumerStage:
     role = "stage"
     max_batch = 2000
 
-    def __init__(self, settings: Settings, group_id: str, topic: str) -> None:
-        self._consumer = AsyncConsumer(settings.kafka_bootstrap, settings.topic(group_id), [settings.topic(topic)])
+    def __init__(self, settings: Settings, group_id: str, topic: str, member: str) -> None:
+        # Static membership: a replacement started under the same member name takes over the dead
+        # one's partitions at once, instead of after the broker's session timeout.
+        self._consumer = AsyncConsumer(settings.kafka_bootstrap, settings.topic(group_id), [settings.topic(topic)],
+                                       **{"group.instance.id": settings.topic(member)})
         self._dlq = settings.topic(topics.READINGS_DLQ)
         self._partitions = settings.kafka_partitions
         self._task: asyncio.Task[None] | None = None
@@ -95,10 +98,11 @@ class ConsumerStage:
 class StageHost:
     """The body of a stage's Ray actor: owns the process's PostgreSQL pool and Kafka producer."""
 
-    core_class: Callable[[Settings, asyncpg.Pool, AsyncProducer], ConsumerStage]
+    core_class: Callable[[Settings, asyncpg.Pool, AsyncProducer, str], ConsumerStage]
 
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: Settings, member: str) -> None:
         self._settings = settings
+        self._member = member
         self._core: ConsumerStage | None = None
         self._producer: AsyncProducer | None = None
         self._pool: asyncpg.Pool | None = None
@@ -108,7 +112,7 @@ class StageHost:
             self._pool = await asyncpg.create_pool(self._settings.pg_dsn, min_size=1, max_size=2)
             self._producer = AsyncProducer(self._settings.kafka_bootstrap)
             await self._producer.start()
-            self._core = self.core_class(self._settings, self._pool, self._producer)
+            self._core = self.core_class(self._settings, self._pool, self._producer, self._member)
             await self._core.start()
 
     async def ping(self) -> dict[str, object]:

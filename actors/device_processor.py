@@ -27,8 +27,8 @@ GROUP_ID = "meterray-device-processor"
 class DeviceProcessorCore(ConsumerStage):
     role = "device-processor"
 
-    def __init__(self, settings: Settings, pool: asyncpg.Pool, producer: AsyncProducer) -> None:
-        super().__init__(settings, GROUP_ID, topics.READINGS_RAW)
+    def __init__(self, settings: Settings, pool: asyncpg.Pool, producer: AsyncProducer, member: str) -> None:
+        super().__init__(settings, GROUP_ID, topics.READINGS_RAW, member)
         self._pool = pool
         self._producer = producer
         self._states: dict[str, DeviceState] = {}

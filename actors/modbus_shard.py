@@ -200,8 +200,9 @@ def _next_slot(after_ms: float, interval_ms: int, phase_ms: int) -> int:
 class ModbusShard:
     """Ray actor around ModbusShardCore; the supervisor recreates it (same assignment) when it dies."""
 
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: Settings, name: str) -> None:
         logging.basicConfig(level=settings.log_level)
+        self._name = name
         self._producer = AsyncProducer(settings.kafka_bootstrap)
         self._core = ModbusShardCore(settings, self._producer)
 
@@ -210,7 +211,7 @@ class ModbusShard:
         return await self._core.assign(connections)
 
     async def ping(self) -> dict[str, object]:
-        return {"role": "modbus-shard", "pid": os.getpid(), "connections": self._core.connection_ids(),
+        return {"role": "modbus-shard", "name": self._name, "pid": os.getpid(), "connections": self._core.connection_ids(),
                 **self._core.stats.summary()}
 
     async def reset_stats(self) -> None:

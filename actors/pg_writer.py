@@ -25,8 +25,8 @@ class PgWriterCore(ConsumerStage):
     role = "pg-writer"
     max_batch = 5000
 
-    def __init__(self, settings: Settings, pool: asyncpg.Pool, producer: AsyncProducer) -> None:
-        super().__init__(settings, GROUP_ID, topics.READINGS)
+    def __init__(self, settings: Settings, pool: asyncpg.Pool, producer: AsyncProducer, member: str) -> None:
+        super().__init__(settings, GROUP_ID, topics.READINGS, member)
         self._pool = pool
         self._producer = producer
         self._writer = ReadingsWriter()

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import time
 from collections.abc import Awaitable
 from dataclasses import dataclass, field
@@ -83,7 +84,7 @@ class Supervisor:
         log.info("supervisor started %d children for %d Modbus connections", len(self._children), len(connections))
 
     async def _launch(self, child: Child) -> None:
-        child.handle = child.actor_class.remote(self._settings)
+        child.handle = child.actor_class.remote(self._settings, child.name)
         if child.role == "modbus-shard":
             await child.handle.assign.remote(child.assignment)
         else:
@@ -113,6 +114,7 @@ class Supervisor:
 
     async def status(self) -> dict[str, Any]:
         return {
+            "pid": os.getpid(),
             "uptime_s": round(time.time() - self._started_at, 1),
             "children": {
                 c.name: {"role": c.role, "connections": len(c.assignment), "restarts": c.restarts,

@@ -22,6 +22,7 @@ class AsyncConsumer:
                 "auto.offset.reset": "earliest",
                 "partition.assignment.strategy": "cooperative-sticky",
                 "fetch.wait.max.ms": 100,
+                "session.timeout.ms": 15000,  # a dead member's partitions move after this at most
                 **config,
             }
         )

@@ -27,7 +27,7 @@ async def _run_core_until(s: Settings, done, messages: int, timeout_s: float = 6
     """Run a processor until `done(pool)` holds and it has committed `messages` messages."""
     pool = await asyncpg.create_pool(s.pg_dsn, min_size=1, max_size=2)
     producer = AsyncProducer(s.kafka_bootstrap)
-    core = DeviceProcessorCore(s, pool, producer)
+    core = DeviceProcessorCore(s, pool, producer, "test-processor")
     await core.start()
     try:
         deadline = time.monotonic() + timeout_s

@@ -135,3 +135,27 @@ def test_replaced_meter_counter_is_flagged_and_announced(runtime: dict, sim_cont
         assert any(e.kind == "counter_decrease" for e in events)
     finally:
         http("DELETE", f"{sim_control}/faults")
+
+
+def test_killed_supervisor_comes_back_and_rebuilds_the_pipeline(runtime: dict) -> None:
+    supervisor, settings = runtime["supervisor"], runtime["settings"]
+    _all_reporting(runtime)
+    before = ray.get(supervisor.status.remote())
+    os.kill(before["pid"], signal.SIGKILL)
+
+    def rebuilt() -> dict | None:
+        try:
+            status = ray.get(supervisor.status.remote(), timeout=5)
+        except (ray.exceptions.RayError, TimeoutError):
+            return None
+        children = status["children"]
+        fresh = status["pid"] != before["pid"] and children.keys() == before["children"].keys()
+        return status if fresh and all(c["last_ping"] for c in children.values()) else None
+
+    status = wait_for(rebuilt, 90, "the restarted supervisor to rebuild every child")
+    old_pids = {c["last_ping"]["pid"] for c in before["children"].values()}
+    assert not old_pids & {c["last_ping"]["pid"] for c in status["children"].values()}
+    since = datetime.now(timezone.utc)
+    ids = [m["device_id"] for m in runtime["manifest"]]
+    wait_for(lambda: all((_current_ts(runtime["api"], i) or "") > since.isoformat() for i in ids), 60,
+             "every meter to report again after the supervisor came back")
