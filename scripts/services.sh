@@ -46,6 +46,21 @@ is_root() { [[ $(id -u) -eq 0 ]]; }
 
 port_open() { timeout 2 bash -c ">/dev/tcp/$HOST/$1" 2>/dev/null; }
 
+# already_up NAME PROC PORT: true (and says so) when our NAME runs or someone else's server answers on PORT.
+already_up() {
+  local pid
+  pid=$(pid_of "$1" "$2")
+  if [[ -n $pid ]]; then
+    log "$1: already running (pid $pid, port $3)"
+    return 0
+  fi
+  if port_open "$3"; then
+    log "$1: $HOST:$3 already answers (not ours); leaving it alone"
+    return 0
+  fi
+  return 1
+}
+
 pidfile() { echo "$RUNDIR/$1.pid"; }
 
 # pid_of NAME PROC: the pid in var/run/NAME.pid if that process is alive and its
@@ -220,18 +235,10 @@ pg_wait_ready() {
 }
 
 up_postgres() {
-  local t0 pid
+  local t0
   t0=$(now_ms)
   PG_BIN=$(pg_bin)
-  pid=$(pid_of postgres postgres)
-  if [[ -n $pid ]]; then
-    log "postgres: already running (pid $pid, port $PG_PORT)"
-    return 0
-  fi
-  if port_open "$PG_PORT"; then
-    log "postgres: $HOST:$PG_PORT already answers (not ours); leaving it alone"
-    return 0
-  fi
+  already_up postgres postgres "$PG_PORT" && return 0
   pg_paths
   pg_prepare_dirs
   pg_initdb
@@ -370,17 +377,10 @@ EOF
 # Starts the JVM without waiting (kafka_wait does), so the other services start meanwhile.
 # Sets KAFKA_STARTED=1 when there is something to wait for.
 kafka_launch() {
-  local pid
   KAFKA_STARTED=0
   KAFKA_T0=$(now_ms)
-  pid=$(pid_of kafka kafka.Kafka)
-  if [[ -n $pid ]]; then
-    log "kafka: already running (pid $pid, port $KAFKA_PORT)"
-    KAFKA_STARTED=1
-    return 0
-  fi
-  if port_open "$KAFKA_PORT"; then
-    log "kafka: $HOST:$KAFKA_PORT already answers (not ours); leaving it alone"
+  if already_up kafka kafka.Kafka "$KAFKA_PORT"; then
+    [[ -n $(pid_of kafka kafka.Kafka) ]] && KAFKA_STARTED=1  # ours may still be starting: wait for it
     return 0
   fi
   command -v java >/dev/null || die "kafka: java not found; run scripts/system-deps.sh"
@@ -444,17 +444,9 @@ mqtt_answers() {
 }
 
 up_mosquitto() {
-  local t0 pid deadline
+  local t0 deadline
   t0=$(now_ms)
-  pid=$(pid_of mosquitto mosquitto)
-  if [[ -n $pid ]]; then
-    log "mosquitto: already running (pid $pid, port $MQTT_PORT)"
-    return 0
-  fi
-  if port_open "$MQTT_PORT"; then
-    log "mosquitto: $HOST:$MQTT_PORT already answers (not ours); leaving it alone"
-    return 0
-  fi
+  already_up mosquitto mosquitto "$MQTT_PORT" && return 0
   local bin
   bin=$(command -v mosquitto || echo /usr/sbin/mosquitto)
   [[ -x $bin ]] || die "mosquitto: not installed; run scripts/system-deps.sh"
