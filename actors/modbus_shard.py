@@ -211,8 +211,8 @@ class ModbusShard:
         return await self._core.assign(connections)
 
     async def ping(self) -> dict[str, object]:
-        return {"role": "modbus-shard", "name": self._name, "pid": os.getpid(), "connections": self._core.connection_ids(),
-                **self._core.stats.summary()}
+        return {"role": "modbus-shard", "name": self._name, "pid": os.getpid(),
+                "connections": self._core.connection_ids(), **self._core.stats.summary()}
 
     async def reset_stats(self) -> None:
         self._core.stats = PollStats()

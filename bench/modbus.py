@@ -111,7 +111,7 @@ def run_meterray(settings: Settings, manifest: Path, meters: int, interval_s: fl
     import ray
 
     from meterray.demo import register_manifest
-    from meterray.runtime import init_ray, prepare_stores, start_ingestion
+    from meterray.runtime import init_ray, prepare_stores, start_ingestion, stop_ingestion
 
     prepare_stores(settings)
     register_manifest(settings, manifest, interval_s, min(1.0, interval_s * 0.8))
@@ -141,8 +141,7 @@ def run_meterray(settings: Settings, manifest: Path, meters: int, interval_s: fl
         p99 = max((s["p99_ms"] or 0) for s in stats) if stats else None
         in_pg = _wait_for_pg(settings, t0, t1, readings)
     finally:
-        ray.get(supervisor.shutdown.remote(), timeout=60)
-        ray.kill(supervisor, no_restart=True)
+        stop_ingestion(supervisor)
         ray.shutdown()
     result = _summary(meters, interval_s, seconds, polls_ok, readings, cpu_s, rss, p50, p99, in_pg)
     result["cpu_s_by_process"] = {k: round(v, 2) for k, v in sorted(by_process.items(), key=lambda kv: -kv[1])}

@@ -62,6 +62,12 @@ def start_api(settings: Settings) -> str:
     return f"http://{settings.api_host}:{settings.api_port}"
 
 
+def stop_ingestion(supervisor: Any, timeout_s: float = 60.0) -> None:
+    """Stop every ingestion actor (they flush their producers), then the supervisor itself."""
+    ray.get(supervisor.shutdown.remote(), timeout=timeout_s)
+    ray.kill(supervisor, no_restart=True)
+
+
 def stop_all(settings: Settings) -> None:
     """Stop the API and the ingestion actors (flushing their producers), then Ray itself."""
     from actors.supervisor import SUPERVISOR_NAME
@@ -69,9 +75,7 @@ def stop_all(settings: Settings) -> None:
     if not ray.is_initialized():
         return
     try:
-        supervisor = ray.get_actor(SUPERVISOR_NAME, namespace=settings.ray_namespace)
-        ray.get(supervisor.shutdown.remote(), timeout=30)
-        ray.kill(supervisor, no_restart=True)
+        stop_ingestion(ray.get_actor(SUPERVISOR_NAME, namespace=settings.ray_namespace))
     except (ValueError, ray.exceptions.RayError) as err:
         log.warning("supervisor did not stop cleanly: %s", err)
     try:

@@ -93,18 +93,15 @@ def sim_control() -> str:
 @pytest.fixture(scope="session")
 def runtime(stores: Settings, ray_cluster: None, simulator: list[dict]) -> Iterator[dict]:
     """The whole pipeline polling the simulator every second, with the monitoring API."""
-    import ray
-
     from meterray.demo import _register, manifest_connections
-    from meterray.runtime import start_api, start_ingestion
+    from meterray.runtime import start_api, start_ingestion, stop_ingestion
 
     connections = manifest_connections(simulator, POLL_INTERVAL_S, 0.5)
     asyncio.run(_register(stores, connections))
     supervisor = start_ingestion(stores)
     api = start_api(stores)
     yield {"supervisor": supervisor, "api": api, "manifest": simulator, "settings": stores}
-    ray.get(supervisor.shutdown.remote(), timeout=30)
-    ray.kill(supervisor, no_restart=True)
+    stop_ingestion(supervisor)
     from ray import serve
 
     serve.shutdown()

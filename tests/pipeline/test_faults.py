@@ -138,7 +138,7 @@ def test_replaced_meter_counter_is_flagged_and_announced(runtime: dict, sim_cont
 
 
 def test_killed_supervisor_comes_back_and_rebuilds_the_pipeline(runtime: dict) -> None:
-    supervisor, settings = runtime["supervisor"], runtime["settings"]
+    supervisor = runtime["supervisor"]
     _all_reporting(runtime)
     before = ray.get(supervisor.status.remote())
     os.kill(before["pid"], signal.SIGKILL)
