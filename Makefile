@@ -5,7 +5,7 @@ PY    := $(VENV)/bin/python
 export RAY_AUTH_MODE ?= disabled
 export RAY_USAGE_STATS_ENABLED ?= 0
 
-.PHONY: install services-up services-down migrate demo test bench-modbus clean
+.PHONY: install services-up services-down migrate demo lint test bench-modbus clean
 
 install: $(VENV)/.installed
 
@@ -28,7 +28,13 @@ migrate: services-up
 demo: migrate
 	$(VENV)/bin/meterray demo --meters 50 --interval 5
 
-test: migrate
+# Layers (import-linter), lint (ruff) and types (mypy) first: they take seconds, the suite minutes.
+lint: install
+	$(VENV)/bin/lint-imports
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/mypy
+
+test: lint migrate
 	$(PY) -m pytest -q
 
 bench-modbus: migrate

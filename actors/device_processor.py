@@ -12,9 +12,9 @@ import asyncpg
 import ray
 from confluent_kafka import Message
 
+from actors import metrics
 from actors.consumer_stage import ConsumerStage, StageHost
-from actors.device_state import DeviceState
-from meterray import metrics
+from meterray.device_state import DeviceState
 from meterray.domain import PollFailure, ReadingBatch
 from meterray.settings import Settings
 from storage.kafka import codec, topics
@@ -65,7 +65,7 @@ class DeviceProcessorCore(ConsumerStage):
                 out.append((self._out_events, partition, key, codec.encode_event(e)))
                 metrics.count(metrics.device_events(), 1, kind=e.kind, status=e.status.value)
         await self._producer.send_many(out)
-        await device_repo.save_states(self._pool, [s.to_row() for s in touched.values()])
+        await device_repo.save_states(self._pool, [s.checkpoint() for s in touched.values()])
         metrics.count(metrics.readings(), n_readings, stage=self.role)
         metrics.count(metrics.dead_letters(), len(messages) - len(items), stage=self.role)
 
@@ -76,7 +76,7 @@ class DeviceProcessorCore(ConsumerStage):
         rows = await device_repo.load_states(self._pool, missing)
         for device_id in missing:
             row = rows.get(device_id)
-            self._states[device_id] = DeviceState.from_row(row) if row else DeviceState(device_id)
+            self._states[device_id] = DeviceState.from_checkpoint(row) if row else DeviceState(device_id)
 
 
 @ray.remote(num_cpus=0, max_restarts=0)

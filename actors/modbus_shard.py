@@ -18,7 +18,7 @@ from collections.abc import Iterable
 
 import ray
 
-from meterray import metrics
+from actors import metrics
 from meterray.backoff import Backoff
 from meterray.domain import FailureKind, ModbusConnection, PollFailure, ReadingBatch
 from meterray.settings import Settings

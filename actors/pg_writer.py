@@ -10,8 +10,8 @@ import asyncpg
 import ray
 from confluent_kafka import Message
 
+from actors import metrics
 from actors.consumer_stage import ConsumerStage, StageHost
-from meterray import metrics
 from meterray.domain import ReadingBatch
 from meterray.settings import Settings
 from storage.kafka import codec, topics

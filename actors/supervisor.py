@@ -18,10 +18,10 @@ import asyncpg
 import ray
 from ray.actor import ActorHandle
 
+from actors import metrics
 from actors.device_processor import DeviceProcessor
 from actors.modbus_shard import ModbusShard
 from actors.pg_writer import PgWriter
-from meterray import metrics
 from meterray.domain import ModbusConnection
 from meterray.settings import Settings
 from storage.postgres.devices import load_modbus_connections

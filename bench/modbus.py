@@ -110,8 +110,8 @@ def run_baseline(settings: Settings, manifest: Path, meters: int, interval_s: fl
 def run_meterray(settings: Settings, manifest: Path, meters: int, interval_s: float, seconds: float) -> dict:
     import ray
 
-    from meterray.demo import register_manifest
-    from meterray.runtime import init_ray, prepare_stores, start_ingestion, stop_ingestion
+    from meterray.app.demo import register_manifest
+    from meterray.app.runtime import init_ray, prepare_stores, start_ingestion, stop_ingestion
 
     prepare_stores(settings)
     register_manifest(settings, manifest, interval_s, min(1.0, interval_s * 0.8))
@@ -167,7 +167,7 @@ def _wait_for_pg(settings: Settings, t0: int, t1: int, expected: int) -> int:
 
 
 def run_benchmark(settings: Settings, meters: int, interval_s: float, seconds: float, units_per_port: int) -> dict:
-    from meterray.demo import start_simulator
+    from meterray.app.demo import start_simulator
 
     run_id = uuid.uuid4().hex[:6]
     dsn = asyncio.run(recreate_database(settings.pg_dsn, "meterray_bench"))

@@ -12,6 +12,7 @@ import json
 import resource
 import time
 from collections import defaultdict
+from typing import Any
 
 import orjson
 import psutil
@@ -85,7 +86,8 @@ async def run(args: argparse.Namespace) -> dict:
                          "compression.type": "lz4", "linger.ms": 5})
     # Warm-up: the same loop for a few seconds, then the measured window.
     for _phase, seconds in (("warmup", args.warmup), ("measure", args.seconds)):
-        stats = {"polls": 0, "failed": 0, "readings": 0, "latencies": [], "delivery_errors": 0, "last_error": None}
+        stats: dict[str, Any] = {"polls": 0, "failed": 0, "readings": 0, "latencies": [],
+                                 "delivery_errors": 0, "last_error": None}
         proc = psutil.Process()
         cpu0 = sum(proc.cpu_times()[:2])
         stop_at = time.time() + seconds

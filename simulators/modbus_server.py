@@ -190,7 +190,7 @@ class RunningSimulator:
         """Close every port and the control API; safe to call twice."""
         servers, self._servers = self._servers, []
         for server in servers:
-            await server.shutdown()  # type: ignore[no-untyped-call]  # pymodbus leaves it unannotated
+            await server.shutdown()
         http, self._http = self._http, None
         if http is not None:
             await http.cleanup()

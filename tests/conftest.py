@@ -28,18 +28,20 @@ POLL_INTERVAL_S = 1.0
 
 
 @pytest.fixture(scope="session")
-def settings() -> Settings:
-    from storage.postgres.databases import recreate_database
+def settings() -> Iterator[Settings]:
+    from storage.postgres.databases import drop_database, recreate_database
 
     base = Settings.from_env()
-    test_db = f"{urlsplit(base.pg_dsn).path.lstrip('/') or 'meterray'}_test"
-    return base.model_copy(update={
+    # A database of its own per run, so two runs on one server (two checkouts) never meet.
+    test_db = f"{urlsplit(base.pg_dsn).path.lstrip('/') or 'meterray'}_test_{RUN_ID}"
+    yield base.model_copy(update={
         "pg_dsn": asyncio.run(recreate_database(base.pg_dsn, test_db)),
         "kafka_topic_prefix": f"test-{RUN_ID}.",
         "ray_namespace": f"meterray-test-{RUN_ID}",
         "api_port": int(os.environ.get("METERRAY_TEST_API_PORT", "18000")),
         "connections_per_shard": 2,
     })
+    asyncio.run(drop_database(base.pg_dsn, test_db))
 
 
 @pytest.fixture(scope="session")
@@ -75,7 +77,7 @@ def simulator(settings: Settings, tmp_path_factory: pytest.TempPathFactory) -> I
     """Simulated Modbus meters in their own process; yields the manifest."""
     import json
 
-    from meterray.demo import start_simulator
+    from meterray.app.demo import start_simulator
 
     (settings.var_dir / "log").mkdir(parents=True, exist_ok=True)
     manifest = tmp_path_factory.mktemp("sim") / "manifest.json"
@@ -93,8 +95,8 @@ def sim_control() -> str:
 @pytest.fixture(scope="session")
 def runtime(stores: Settings, ray_cluster: None, simulator: list[dict]) -> Iterator[dict]:
     """The whole pipeline polling the simulator every second, with the monitoring API."""
-    from meterray.demo import _register, manifest_connections
-    from meterray.runtime import start_api, start_ingestion, stop_ingestion
+    from meterray.app.demo import _register, manifest_connections
+    from meterray.app.runtime import start_api, start_ingestion, stop_ingestion
 
     connections = manifest_connections(simulator, POLL_INTERVAL_S, 0.5)
     asyncio.run(_register(stores, connections))

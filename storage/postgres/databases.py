@@ -20,3 +20,14 @@ async def recreate_database(dsn: str, name: str) -> str:
     finally:
         await conn.close()
     return urlunsplit(urlsplit(dsn)._replace(path=f"/{name}"))
+
+
+async def drop_database(dsn: str, name: str) -> None:
+    """Drop database `name` on the server of `dsn` if it exists (connections to it are closed)."""
+    if not _NAME.match(name):
+        raise ValueError(f"database name {name!r} must be lower-case letters, digits and underscores")
+    conn = await asyncpg.connect(dsn)
+    try:
+        await conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    finally:
+        await conn.close()

@@ -2,13 +2,11 @@
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
-from datetime import datetime
-from typing import Any
 
 import asyncpg
 import orjson
 
+from meterray.device_state import DeviceCheckpoint
 from meterray.domain import DeviceSpec, ModbusConnection
 
 
@@ -73,21 +71,9 @@ async def get_device(conn: asyncpg.Connection | asyncpg.Pool, device_id: str) ->
     return await conn.fetchrow("SELECT id, name, protocol, profile FROM devices.devices WHERE id = $1", device_id)
 
 
-@dataclass(frozen=True, slots=True)
-class StateRow:
-    """A device-processor checkpoint as stored; `counters` maps OBIS code → [ts_ms, value]."""
-
-    device_id: str
-    status: str
-    last_seen: datetime | None
-    last_failure_kind: str | None
-    last_failure: str | None
-    last_failure_at: datetime | None
-    consecutive_failures: int
-    counters: dict[str, Any]
-
-
-async def load_states(conn: asyncpg.Connection | asyncpg.Pool, device_ids: Iterable[str]) -> dict[str, StateRow]:
+async def load_states(
+    conn: asyncpg.Connection | asyncpg.Pool, device_ids: Iterable[str]
+) -> dict[str, DeviceCheckpoint]:
     rows = await conn.fetch(
         """
         SELECT device_id, status, last_seen, last_failure_kind, last_failure, last_failure_at,
@@ -97,7 +83,7 @@ async def load_states(conn: asyncpg.Connection | asyncpg.Pool, device_ids: Itera
         list(device_ids),
     )
     return {
-        r["device_id"]: StateRow(
+        r["device_id"]: DeviceCheckpoint(
             r["device_id"], r["status"], r["last_seen"], r["last_failure_kind"], r["last_failure"],
             r["last_failure_at"], r["consecutive_failures"], orjson.loads(r["counters"]),
         )
@@ -105,7 +91,7 @@ async def load_states(conn: asyncpg.Connection | asyncpg.Pool, device_ids: Itera
     }
 
 
-async def save_states(conn: asyncpg.Connection | asyncpg.Pool, states: Iterable[StateRow]) -> None:
+async def save_states(conn: asyncpg.Connection | asyncpg.Pool, states: Iterable[DeviceCheckpoint]) -> None:
     await conn.executemany(
         """
         INSERT INTO devices.device_state AS s (device_id, status, last_seen, last_failure_kind, last_failure,

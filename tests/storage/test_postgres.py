@@ -3,6 +3,7 @@ from datetime import datetime, timezone
 
 import asyncpg
 
+from meterray.device_state import DeviceCheckpoint
 from meterray.domain import DeviceSpec, ModbusConnection
 from meterray.settings import Settings
 from storage.postgres import devices, readings
@@ -61,7 +62,7 @@ async def test_connections_round_trip_and_states(database: Settings) -> None:
         await devices.save_modbus_connections(conn, [c])
         loaded = {x.connection_id: x for x in await devices.load_modbus_connections(conn)}
         assert loaded["repo-test"] == c
-        row = devices.StateRow("repo-a", "offline", None, "timeout", "no answer", None, 4, {"1-0:1.8.0": [1, 2.5]})
+        row = DeviceCheckpoint("repo-a", "offline", None, "timeout", "no answer", None, 4, {"1-0:1.8.0": [1, 2.5]})
         await devices.save_states(conn, [row])
         assert (await devices.load_states(conn, ["repo-a", "nobody"])) == {"repo-a": row}
     finally:

@@ -65,7 +65,7 @@ def _services(settings: Settings, args: argparse.Namespace) -> int:
 
 
 def _migrate(settings: Settings, args: argparse.Namespace) -> int:
-    from meterray.runtime import prepare_stores
+    from meterray.app.runtime import prepare_stores
 
     done = prepare_stores(settings)
     print(f"migrations applied: {done['migrations'] or 'none (up to date)'}")
@@ -79,7 +79,7 @@ def _settings(settings: Settings, args: argparse.Namespace) -> int:
 
 
 def _register(settings: Settings, args: argparse.Namespace) -> int:
-    from meterray.demo import register_manifest
+    from meterray.app.demo import register_manifest
 
     n = register_manifest(settings, args.manifest, args.interval, args.timeout)
     print(f"registered {n} Modbus connections from {args.manifest}")
@@ -87,13 +87,13 @@ def _register(settings: Settings, args: argparse.Namespace) -> int:
 
 
 def _run(settings: Settings, args: argparse.Namespace) -> int:
-    from meterray.demo import run_until_interrupted
+    from meterray.app.demo import run_until_interrupted
 
     return run_until_interrupted(settings)
 
 
 def _demo(settings: Settings, args: argparse.Namespace) -> int:
-    from meterray.demo import demo
+    from meterray.app.demo import demo
 
     return demo(settings, args.meters, args.interval)
 
@@ -102,7 +102,7 @@ def _status(settings: Settings, args: argparse.Namespace) -> int:
     import ray
 
     from actors.supervisor import SUPERVISOR_NAME
-    from meterray.runtime import init_ray
+    from meterray.app.runtime import init_ray
 
     init_ray(settings.model_copy(update={"ray_address": settings.ray_address or "auto"}))
     supervisor = ray.get_actor(SUPERVISOR_NAME, namespace=settings.ray_namespace)

@@ -1,4 +1,4 @@
-from actors.device_state import OFFLINE_AFTER_FAILURES, DeviceState
+from meterray.device_state import OFFLINE_AFTER_FAILURES, DeviceState
 from meterray.domain import DeviceStatus, FailureKind, PollFailure, Quality, ReadingBatch, Value
 
 NOW = 1_764_000_000_000
@@ -64,4 +64,4 @@ def test_checkpoint_round_trip() -> None:
     state = DeviceState("m-1")
     state.apply(batch(NOW, 100.0), NOW)
     state.apply(failure(NOW + 1000, FailureKind.EXCEPTION_CODE), NOW)
-    assert DeviceState.from_row(state.to_row()) == state
+    assert DeviceState.from_checkpoint(state.checkpoint()) == state

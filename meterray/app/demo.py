@@ -105,7 +105,7 @@ def _print_urls(settings: Settings, api: str) -> None:
 
 
 def run_until_interrupted(settings: Settings, show_progress: bool = True, started: float | None = None) -> int:
-    from meterray.runtime import init_ray, prepare_stores, start_api, start_ingestion, stop_all
+    from meterray.app.runtime import init_ray, prepare_stores, start_api, start_ingestion, stop_all
 
     started = time.monotonic() if started is None else started
     prepare_stores(settings)
@@ -122,7 +122,7 @@ def run_until_interrupted(settings: Settings, show_progress: bool = True, starte
 
 
 def demo(settings: Settings, meters: int, interval_s: float) -> int:
-    from meterray.runtime import prepare_stores
+    from meterray.app.runtime import prepare_stores
 
     started = time.monotonic()
     (settings.var_dir / "log").mkdir(parents=True, exist_ok=True)

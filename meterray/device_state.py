@@ -1,12 +1,13 @@
 """Per-device state kept by a device processor, and the pure rules that update it.
 
 No Ray and no I/O here: the processor actor feeds items in, ships what comes out, and checkpoints
-`to_row()` to PostgreSQL before committing its Kafka offsets.
+`checkpoint()` to PostgreSQL before committing its Kafka offsets.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timezone
+from typing import Any
 
 from meterray.domain import (
     DeviceEvent,
@@ -16,10 +17,23 @@ from meterray.domain import (
     ReadingBatch,
 )
 from meterray.quantities import QUANTITIES
-from storage.postgres.devices import StateRow
 
 OFFLINE_AFTER_FAILURES = 3  # consecutive failed polls; one or two only make a device degraded
 FUTURE_TOLERANCE_MS = 5 * 60 * 1000  # readings further ahead than this carry FUTURE_TIMESTAMP
+
+
+@dataclass(frozen=True, slots=True)
+class DeviceCheckpoint:
+    """A device's state as a processor checkpoints it; `counters` maps OBIS code → [ts_ms, value]."""
+
+    device_id: str
+    status: str
+    last_seen: datetime | None
+    last_failure_kind: str | None
+    last_failure: str | None
+    last_failure_at: datetime | None
+    consecutive_failures: int
+    counters: dict[str, Any]
 
 
 @dataclass(slots=True)
@@ -81,15 +95,15 @@ class DeviceState:
     def _event(self, ts_ms: int, kind: str, reason: str) -> DeviceEvent:
         return DeviceEvent(self.device_id, ts_ms, kind, self.status, self.status, reason)
 
-    def to_row(self) -> StateRow:
-        return StateRow(
+    def checkpoint(self) -> DeviceCheckpoint:
+        return DeviceCheckpoint(
             self.device_id, self.status.value, _dt(self.last_seen_ms), self.last_failure_kind, self.last_failure,
             _dt(self.last_failure_ms), self.consecutive_failures,
             {q: [ts, v] for q, (ts, v) in self.counters.items()},
         )
 
     @classmethod
-    def from_row(cls, row: StateRow) -> "DeviceState":
+    def from_checkpoint(cls, row: DeviceCheckpoint) -> "DeviceState":
         return cls(
             row.device_id, DeviceStatus(row.status), _ms(row.last_seen), row.last_failure_kind, row.last_failure,
             _ms(row.last_failure_at), row.consecutive_failures,
