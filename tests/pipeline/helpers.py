@@ -33,30 +33,40 @@ def sql(dsn: str, query: str, *args: Any) -> list[asyncpg.Record]:
     return asyncio.run(run())
 
 
-def read_topic(bootstrap: str, topic: str, timeout_s: float = 5.0) -> list[tuple[bytes | None, bytes]]:
-    """Every message of `topic` from the beginning (key, value), read by a throw-away consumer group."""
+def read_topic(bootstrap: str, topic: str, timeout_s: float = 60.0) -> list[tuple[bytes | None, bytes]]:
+    """Every message of `topic` from the beginning (key, value), read by a throw-away consumer group.
+
+    Returns as soon as every partition has been read to its end (however long the group join
+    takes on a busy machine); fails if that does not happen within `timeout_s`.
+    """
     import time
     import uuid
 
-    from confluent_kafka import Consumer
+    import pytest
+    from confluent_kafka import Consumer, KafkaError
 
     c = Consumer({"bootstrap.servers": bootstrap, "group.id": f"test-reader-{uuid.uuid4().hex[:8]}",
                   "auto.offset.reset": "earliest", "enable.auto.commit": False, "enable.partition.eof": True})
     c.subscribe([topic])
     out: list[tuple[bytes | None, bytes]] = []
-    eof: set[int] = set()
+    at_end: set[int] = set()
     deadline = time.monotonic() + timeout_s
     try:
         while time.monotonic() < deadline:
             m = c.poll(0.5)
             if m is None:
                 continue
-            if m.error():
-                eof.add(m.partition())
-                if len(eof) == len(c.assignment()) and c.assignment():
-                    break
-                continue
-            out.append((m.key(), m.value()))
+            err = m.error()
+            if err is None:
+                at_end.discard(m.partition())
+                out.append((m.key(), m.value()))
+            elif err.code() == KafkaError._PARTITION_EOF:
+                at_end.add(m.partition())
+                assigned = {tp.partition for tp in c.assignment()}
+                if assigned and assigned <= at_end:
+                    return out
+            else:
+                raise RuntimeError(f"reading {topic}: {err}")
     finally:
         c.close()
-    return out
+    pytest.fail(f"could not read {topic} to its end within {timeout_s:.0f}s ({len(out)} messages so far)")
