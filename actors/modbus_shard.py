@@ -144,7 +144,7 @@ class ModbusShardCore:
             except ModbusError as err:
                 failures.append(self._failure(device.device_id, slot, conn, err.kind, str(err)))
                 healthy = err.kind not in _ENDPOINT_FAILURES
-                if err.raw_words:  # an answer that cannot be decoded at all: keep it, with its reason
+                if err.raw_words is not None:  # an answer that cannot be decoded at all: keep it, with its reason
                     raw = struct.pack(f">{len(err.raw_words)}H", *err.raw_words)
                     dead.append((device.device_id, raw, str(err)))
                 continue

@@ -20,7 +20,7 @@ from enum import StrEnum
 
 from protocols.modbus.codec import encode_block
 from protocols.modbus.planner import Block
-from protocols.modbus.profiles import Field, Profile
+from protocols.modbus.profiles import MODBUS_MAX_READ, Field, Profile
 
 INSTALL_EPOCH_S = 1_704_056_400  # 2024-01-01T00:00 MSK: counters integrate from here
 UTC_OFFSET_S = 3 * 3600  # the load curve follows Moscow local time (UTC+3, no DST)
@@ -42,7 +42,7 @@ class Fault(StrEnum):
     EXCEPTION = "exception"  # answered with a Modbus exception code (2 or 4)
     DROP = "drop"  # the TCP connection is closed instead of answering
     RESET = "reset"  # counters restart from 0, once (a replaced meter); then back to none
-    # A malformed answer: one register fewer than asked (a firmware or gateway fault). Nothing of
+    # A malformed answer: one register more than asked (a firmware or gateway fault). Nothing of
     # it can be decoded: the poll fails as bad_response and the raw words go to the dead letters.
     GARBAGE = "garbage"
     # The meter answers, but reports its "no value" pattern (the vendor's error value, NaN for
@@ -278,8 +278,8 @@ class SimulatedMeter:
         if refused is not None:
             raise MeterExceptionResponse(*refused)
         words = self._words(start, count, now)
-        if self.fault is Fault.GARBAGE:
-            return words[:-1]  # a malformed answer: one register short
+        if self.fault is Fault.GARBAGE:  # a malformed answer: one register too many (too few at 125)
+            return words + [0xFFFF] if count < MODBUS_MAX_READ else words[:-1]
         return words
 
     def _words(self, start: int, count: int, now: float) -> list[int]:

@@ -53,7 +53,7 @@ class ModbusError(Exception):
 
     kind: FailureKind = FailureKind.BAD_RESPONSE
     retriable: bool = True
-    raw_words: tuple[int, ...] = ()  # the answer's words, when one arrived but cannot be decoded
+    raw_words: tuple[int, ...] | None = None  # the answer's words, when one arrived but cannot be decoded
 
 
 class ModbusTimeoutError(ModbusError):
@@ -77,7 +77,7 @@ class ModbusBadResponseError(ModbusError):
 
     kind = FailureKind.BAD_RESPONSE
 
-    def __init__(self, message: str, raw_words: tuple[int, ...] = ()) -> None:
+    def __init__(self, message: str, raw_words: tuple[int, ...] | None = None) -> None:
         super().__init__(message)
         self.raw_words = raw_words
 

@@ -158,7 +158,7 @@ def test_faults() -> None:
     m = _meter()
     t = MONDAY + 12 * 3600
     m.set_fault(Fault.GARBAGE, t)
-    assert len(m.read(4, 0, 4, t)) == 3  # a malformed answer: one register short
+    assert len(m.read(4, 0, 4, t)) == 5  # a malformed answer: one register too many
     m.set_fault(Fault.EXCEPTION, t, code=4)
     assert (m.fault, m.exception_code) == (Fault.EXCEPTION, 4)
     m.set_fault(Fault.NONE, t)
