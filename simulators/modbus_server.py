@@ -13,8 +13,9 @@ returns — a list of words, or an `ExcCodes` member as an exception response. R
 `NoSuchIdException` with `ignore_missing_devices=True` makes the server send nothing (our timeout
 fault). A datastore cannot see which connection asked, so the drop fault closes every connection
 of that port, as a gateway losing its link would. Per request the path is: look up the meter,
-compute its values, encode only the fields the request touches (cached struct layouts). Nothing
-is logged per request.
+refuse what the real meter refuses (another function code 0x01, more registers than its limit
+0x03, an address its profile does not declare 0x02: see meter_model.refusal), compute its values,
+encode only the fields the request touches (cached struct layouts). Nothing is logged per request.
 """
 from __future__ import annotations
 
