@@ -92,7 +92,13 @@ QUANTITIES: dict[str, Quantity] = {
         Quantity("1-0:61.7.0", "active power import L3 (>= 0)", "W", _I),
         # All-quadrant reactive and apparent power: manufacturer-specific C = 128 + C of the "+" code.
         Quantity("1-0:131.7.0", "reactive power total, signed (inductive +, capacitive -)", "var", _I),
+        Quantity("1-0:151.7.0", "reactive power L1, signed (inductive +, capacitive -)", "var", _I),
+        Quantity("1-0:171.7.0", "reactive power L2, signed (inductive +, capacitive -)", "var", _I),
+        Quantity("1-0:191.7.0", "reactive power L3, signed (inductive +, capacitive -)", "var", _I),
         Quantity("1-0:137.7.0", "apparent power total, all quadrants", "VA", _I),
+        Quantity("1-0:157.7.0", "apparent power L1, all quadrants", "VA", _I),
+        Quantity("1-0:177.7.0", "apparent power L2, all quadrants", "VA", _I),
+        Quantity("1-0:197.7.0", "apparent power L3, all quadrants", "VA", _I),
         Quantity("1-0:32.7.0", "voltage L1", "V", _I),
         Quantity("1-0:52.7.0", "voltage L2", "V", _I),
         Quantity("1-0:72.7.0", "voltage L3", "V", _I),
