@@ -349,12 +349,17 @@ def refusal(profile: Profile, function_code: int, start: int, count: int) -> tup
       v1.8 §3.11: "Attempt to access an invalid address"). A device with continuous read
       (`max_hole` > 0, Wiren Board) answers holes of at most `max_hole` registers instead, with
       WB_UNSUPPORTED_VALUE in them.
+    - a request that reads part of a multi-register value, for a profile with `alignment` > 1:
+      0x02 (SDM630 v1.8 §3.11: "an attempt to read or write part of a floating point value"; the
+      meter's answer to a single-register read, "an instrument type specific value", is not modelled).
     Cached: pollers send the same few requests over and over.
     """
     if function_code != profile.function_code:
         return ILLEGAL_FUNCTION, f"function {function_code} not supported (the meter uses {profile.function_code})"
     if count > profile.max_read_registers:
         return ILLEGAL_DATA_VALUE, f"{count} registers requested, the meter gives at most {profile.max_read_registers}"
+    if start % profile.alignment or count % profile.alignment:
+        return ILLEGAL_DATA_ADDRESS, f"0x{start:04X}+{count} reads part of a {profile.alignment}-register value"
     for lo, hi in profile.holes(start, start + count):
         if hi - lo > profile.max_hole:
             return ILLEGAL_DATA_ADDRESS, f"0x{lo:04X}..0x{hi - 1:04X} are not registers of {profile.name}"

@@ -118,6 +118,8 @@ class Profile:
     planner reads through such an undeclared *hole* only when it is at most `max_hole` registers
     long. `max_hole` is 0 unless the device is known to answer holes (Wiren Board's continuous
     read mode: at most WB_CONTINUOUS_READ_MAX_HOLE, and only once the mode is switched on).
+    `alignment` > 1: the meter answers only requests that start at a multiple of it and read a
+    multiple of it (Eastron: 2, one float32 per register pair); every field must be aligned too.
     """
 
     name: str
@@ -127,6 +129,7 @@ class Profile:
     fields: tuple[Field, ...]
     readable_ranges: tuple[tuple[int, int], ...] = ()
     max_hole: int = 0
+    alignment: int = 1
     _declared: tuple[tuple[int, int], ...] = field(init=False, repr=False, compare=False)
     _hash: int = field(init=False, repr=False, compare=False)
 
@@ -168,6 +171,12 @@ class Profile:
                 raise ValueError(f"{p}: readable range {r!r} must be (start, end) with 0 <= start < end <= 0x10000")
         if not 0 <= self.max_hole < self.max_read_registers:
             raise ValueError(f"{p}: max_hole must be 0..max_read_registers-1, got {self.max_hole}")
+        if self.alignment not in (1, 2, 4):
+            raise ValueError(f"{p}: alignment must be 1, 2 or 4 registers, got {self.alignment}")
+        for f in self.fields:
+            if f.address % self.alignment or f.words % self.alignment:
+                raise ValueError(f"{p}: {f.quantity} at 0x{f.address:04X} ({f.dtype}) is not aligned to "
+                                 f"{self.alignment} registers; check the datasheet address")
         object.__setattr__(self, "_declared", _merge([(f.address, f.end) for f in self.fields]
                                                      + list(self.readable_ranges)))
         # Hashed on every poll (plan cache key): compute once, the table is frozen.
@@ -175,7 +184,7 @@ class Profile:
             self,
             "_hash",
             hash((self.name, self.function_code, self.word_order, self.max_read_registers, self.fields,
-                  self.readable_ranges, self.max_hole)),
+                  self.readable_ranges, self.max_hole, self.alignment)),
         )
 
     def __hash__(self) -> int:
@@ -288,6 +297,9 @@ def _sdm630() -> Profile:
         # fill the gap 0x0012..0x0033); sdm_modbus reads exactly this range as one request (its
         # batch 1). So the whole map is one request of 80 registers, the meter's limit.
         readable_ranges=((0x0000, 0x0050),),
+        # Protocol v1.8 §1.1: "All register read requests ... must specify an even number of registers";
+        # §3.11: exception 02 for "an attempt to read or write part of a floating point value".
+        alignment=2,
     )
 
 

@@ -112,8 +112,10 @@ def test_declared_registers_without_a_field_read_zero_and_partial_windows_work()
     t = MONDAY
     full = m.read(4, 0x0000, 80, t)
     assert full[0x12:0x34] == [0] * 0x22  # per-phase VA/VAr/PF/angles: answered, not modelled
-    assert m.read(4, 0x0001, 3, t) == full[1:4]  # starts inside V L1
+    assert m.read(4, 0x0002, 4, t) == full[2:6]  # V L2, V L3 on their own
     assert m.read(4, 0x004E, 2, t) == full[0x4E:0x50]
+    wb = _meter("wb-map3e-1-1", "wb-map3e")
+    assert wb.read(4, 0x1411, 3, t) == wb.read(4, 0x1410, 4, t)[1:]  # no alignment rule documented for WB
     regs = m.registers(t)
     assert regs[0x0000] == full[0] and 0x0012 not in regs
 
@@ -125,6 +127,8 @@ def test_declared_registers_without_a_field_read_zero_and_partial_windows_work()
         ("sdm630", 4, 0x004E, 4, 2),  # 0x0050..0x0051: no register of the map: illegal data address
         ("sdm630", 4, 0x0200, 2, 2),
         ("sdm630", 3, 0x0000, 2, 1),  # holding registers are not the measurement map: illegal function
+        ("sdm630", 4, 0x0001, 80, 2),  # the 30001-vs-0 off-by-one: starts inside V L1 (v1.8 §3.11)
+        ("sdm630", 4, 0x0000, 3, 2),  # an odd number of registers: ends inside V L2 (v1.8 §1.1)
         ("wb-map3e", 4, 0x0000, 60, 2),  # an SDM630 request sent to a WB-MAP3E
         ("wb-map3e", 4, 0x0000, 80, 3),  # ...which is also over its 60-register limit
         ("wb-map3e", 4, 0x10D9, 7, 2),  # the legacy (fw1) Urms/Irms block is not in the fw2 map

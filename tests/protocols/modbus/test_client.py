@@ -4,6 +4,7 @@ from __future__ import annotations
 import asyncio
 import math
 import time
+from dataclasses import replace
 
 import pytest
 
@@ -18,7 +19,7 @@ from protocols.modbus.client import (
     ModbusTimeoutError,
 )
 from protocols.modbus.planner import plan_blocks
-from protocols.modbus.profiles import PROFILES
+from protocols.modbus.profiles import PROFILES, Profile
 from simulators.modbus_server import DeviceInfo, RunningSimulator, SimulatorConfig, serve
 from tests.simulators.support import FakeClock, free_port_range
 
@@ -181,6 +182,19 @@ async def test_a_wrong_profile_fails_visibly(meter: str, read_as: str, code: int
             assert missing == [] and len(values) == len(PROFILES[meter].fields)
     finally:
         await running.stop()
+
+
+async def test_an_off_by_one_register_map_fails_visibly(sim: Sim) -> None:
+    # The Eastron numbering trap: 30001-style numbers taken as addresses, one register late. The
+    # meter refuses reads that start inside a float (v1.8 §3.11) instead of answering shifted words.
+    running, _ = sim
+    d = _device(running, "sdm630")
+    sdm = PROFILES["sdm630"]
+    shifted = Profile("sdm630-shifted", 4, "big", 80, tuple(replace(f, address=f.address + 1) for f in sdm.fields[:-1]))
+    async with ModbusEndpoint(d.host, d.port, TIMEOUT_S) as endpoint:
+        with pytest.raises(ModbusExceptionCodeError) as info:
+            await endpoint.read_device(shifted, d.unit_id)
+    assert info.value.code == 2
 
 
 async def test_requests_over_the_limit_or_off_the_map_are_refused(sim: Sim) -> None:

@@ -99,6 +99,7 @@ def test_every_block_reads_only_declared_registers_within_limits() -> None:
             assert b.count <= min(125, profile.max_read_registers)
             assert all(b.start <= f.address and f.end <= b.end for f in b.fields)
             assert all(hi - lo <= profile.max_hole for lo, hi in profile.holes(b.start, b.end)), profile.name
+            assert b.start % profile.alignment == 0 and b.count % profile.alignment == 0
 
 
 def test_plan_is_cached_and_deterministic() -> None:

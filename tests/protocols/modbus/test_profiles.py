@@ -32,7 +32,7 @@ def test_shipped_profiles_use_the_vocabulary() -> None:
 def test_sdm630_table() -> None:
     p = PROFILES["sdm630"]
     # Protocol v1.8 §1.1: at most 40 values = 80 registers per request.
-    assert (p.word_order, p.max_read_registers, p.max_hole) == ("big", 80, 0)
+    assert (p.word_order, p.max_read_registers, p.max_hole, p.alignment) == ("big", 80, 0, 2)
     assert all(f.dtype is DType.F32 and f.scale == 1.0 and f.error_value is None for f in p.fields)
     assert p.field_for("1-0:32.7.0").address == 0x0000  # 30001 phase 1 line to neutral volts
     assert p.field_for("1-0:36.7.0").address == 0x000C  # 30013 phase 1 power (signed)
@@ -152,6 +152,9 @@ def test_profiles_hash_and_compare_by_content() -> None:
         ((Field("1-0:1.8.0", 0, DType.F32),), {"readable_ranges": ((5, 5),)}, "readable range"),
         ((Field("1-0:1.8.0", 0, DType.F32),), {"max_hole": -1}, "max_hole"),
         ((Field("1-0:1.8.0", 0, DType.F32),), {"max_hole": 125}, "max_hole"),
+        ((Field("1-0:1.8.0", 1, DType.F32),), {"alignment": 2}, "not aligned"),
+        ((Field("1-0:1.8.0", 0, DType.U16),), {"alignment": 2}, "not aligned"),
+        ((Field("1-0:1.8.0", 0, DType.F32),), {"alignment": 3}, "alignment"),
     ],
 )
 def test_profile_rejects_inconsistent_tables(fields: tuple[Field, ...], kw: dict[str, object], message: str) -> None:
