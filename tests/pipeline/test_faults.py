@@ -137,10 +137,10 @@ def test_meter_reporting_no_value_for_one_quantity_stays_online_and_keeps_the_ot
     urms_l2 = "1-0:52.7.0"
     assert _devices(api)[device_id]["status"] == "online"
     before = _devices(api)[device_id]
-    fault_at = datetime.now(timezone.utc)
     status, body = http("POST", f"{sim_control}/faults",
                         {"device_id": device_id, "fault": "no_value", "quantities": [urms_l2]})
     assert (status, body["quantities"]) == (200, [urms_l2])
+    fault_at = datetime.now(timezone.utc)  # every poll of a slot from here on starts after the fault
     try:
         def later_polls() -> list[int]:
             stamps = _energy_stamps(settings.pg_dsn, device_id, fault_at, datetime.now(timezone.utc))
