@@ -43,6 +43,7 @@ class PollStats:
         self.dead_letters = 0
         self.overruns = 0  # slots skipped because the previous cycle ran late
         self.delivery_failures = 0  # cycles whose data Kafka did not acknowledge
+        self.values_unavailable = 0  # quantities a meter answered as "no value" (left out of its batch)
         self.latencies_ms: deque[float] = deque(maxlen=50_000)
 
     def summary(self) -> dict[str, object]:
@@ -50,7 +51,7 @@ class PollStats:
         pick = (lambda q: round(lat[min(len(lat) - 1, int(q * len(lat)))], 2)) if lat else (lambda q: None)
         return {"polls_ok": self.polls_ok, "polls_failed": self.polls_failed, "readings": self.readings,
                 "dead_letters": self.dead_letters, "overruns": self.overruns,
-                "delivery_failures": self.delivery_failures,
+                "delivery_failures": self.delivery_failures, "values_unavailable": self.values_unavailable,
                 "p50_ms": pick(0.50), "p99_ms": pick(0.99), "latency_samples": len(lat)}
 
 
@@ -139,19 +140,20 @@ class ModbusShardCore:
                 failures.append(self._failure(device.device_id, slot, conn, failures[-1].kind, failures[-1].detail))
                 continue
             try:
-                values, problems = await endpoint.read_device(PROFILES[device.profile], device.unit_id)
+                values, missing = await endpoint.read_device(PROFILES[device.profile], device.unit_id)
             except ModbusError as err:
                 failures.append(self._failure(device.device_id, slot, conn, err.kind, str(err)))
                 healthy = err.kind not in _ENDPOINT_FAILURES
+                if err.raw_words is not None:  # an answer that cannot be decoded at all: keep it, with its reason
+                    raw = struct.pack(f">{len(err.raw_words)}H", *err.raw_words)
+                    dead.append((device.device_id, raw, str(err)))
                 continue
-            if values:
-                batches.append(ReadingBatch(device.device_id, slot, f"{source}/{device.unit_id}", tuple(values)))
-            if problems:
-                detail = "; ".join(f"{p.quantity} @0x{p.address:04X}: {p.reason}" for p in problems[:4])
-                failures.append(self._failure(device.device_id, slot, conn, FailureKind.BAD_RESPONSE, detail))
-                for p in problems:
-                    raw = struct.pack(f">{len(p.raw_words)}H", *p.raw_words)
-                    dead.append((device.device_id, raw, f"{p.quantity} @0x{p.address:04X}: {p.reason}"))
+            # The meter answered. Quantities it reports as "no value" (its declared error value, NaN)
+            # are left out: no reading is better than a made-up number, and a meter saying "I have
+            # nothing for Urms L2" is healthy, so this is neither a failure nor a dead letter. The
+            # batch goes out even if empty: it is what keeps the device online.
+            batches.append(ReadingBatch(device.device_id, slot, f"{source}/{device.unit_id}", tuple(values)))
+            self.stats.values_unavailable += len(missing)
         await self._publish(batches, failures, dead, conn)
         # Every device's data waited for the whole cycle: poll start to Kafka acknowledgement.
         elapsed_ms = (time.perf_counter() - started) * 1000

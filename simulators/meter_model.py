@@ -14,12 +14,13 @@ import hashlib
 import itertools
 import math
 import random
+from collections.abc import Iterable
 from dataclasses import dataclass
 from enum import StrEnum
 
 from protocols.modbus.codec import encode_block
 from protocols.modbus.planner import Block
-from protocols.modbus.profiles import Profile
+from protocols.modbus.profiles import MODBUS_MAX_READ, Field, Profile
 
 INSTALL_EPOCH_S = 1_704_056_400  # 2024-01-01T00:00 MSK: counters integrate from here
 UTC_OFFSET_S = 3 * 3600  # the load curve follows Moscow local time (UTC+3, no DST)
@@ -41,7 +42,32 @@ class Fault(StrEnum):
     EXCEPTION = "exception"  # answered with a Modbus exception code (2 or 4)
     DROP = "drop"  # the TCP connection is closed instead of answering
     RESET = "reset"  # counters restart from 0, once (a replaced meter); then back to none
-    GARBAGE = "garbage"  # every register reads 0xFFFF
+    # A malformed answer: one register more than asked (a firmware or gateway fault). Nothing of
+    # it can be decoded: the poll fails as bad_response and the raw words go to the dead letters.
+    GARBAGE = "garbage"
+    # The meter answers, but reports its "no value" pattern (the vendor's error value, NaN for
+    # floats) for some quantities, as a WB-MAP3E does for Urms while a phase is not measured.
+    NO_VALUE = "no_value"
+
+
+# Modbus application protocol v1.1b3 §7 exception codes a meter answers for a bad request.
+ILLEGAL_FUNCTION, ILLEGAL_DATA_ADDRESS, ILLEGAL_DATA_VALUE = 1, 2, 3
+# wirenboard/wb-mqtt-serial README "unsupported_value": "0xFFFE": what a Wiren Board device in
+# continuous read mode returns for a register it does not implement inside a range read.
+WB_UNSUPPORTED_VALUE = 0xFFFE
+
+
+class MeterExceptionResponse(Exception):
+    """The meter refuses the request with a Modbus exception code, as a real one would."""
+
+    def __init__(self, code: int, reason: str) -> None:
+        super().__init__(f"exception {code}: {reason}")
+        self.code = code
+
+
+def has_no_value_pattern(field: Field) -> bool:
+    """True when the meter can say "no value" for this field: a float (NaN) or a declared error value."""
+    return field.dtype.is_float or field.error_value is not None
 
 
 def _cumulative(shape: tuple[float, ...]) -> tuple[float, ...]:
@@ -145,6 +171,7 @@ class SimulatedMeter:
         "device_id",
         "exception_code",
         "fault",
+        "no_value",
         "params",
         "profile",
     )
@@ -155,11 +182,12 @@ class SimulatedMeter:
         self.params = params_for(device_id)
         self.fault = Fault.NONE
         self.exception_code = 2
+        self.no_value: frozenset[str] = frozenset()  # quantities reported as "no value" (NO_VALUE fault)
         self._reset_kwh: float | None = None  # energy since install at the last reset
         self._cum_day = _FIRST_DAY
         self._cum = 0.0  # energy (kWh) from install to the start of local day _cum_day
         self._seen_tick = -1  # registers refresh once per second: the values of that second
-        self._seen_values: dict[str, float] = {}
+        self._seen_values: dict[str, float | None] = {}
 
     # -- load and energy -------------------------------------------------------------------
     def _energy_before_day(self, day: int) -> float:
@@ -214,10 +242,12 @@ class SimulatedMeter:
         else:  # a replaced meter: counts from 0 since the reset, exported nothing yet
             since = max(0.0, energy - self._reset_kwh)
             a_plus, r_plus, a_minus, r_minus = since, since * math.tan(math.acos(p.pf_base)), 0.0, 0.0
+        # A consumer: power flows in (import, +), reactive power is inductive (+): see the sign
+        # conventions in meterray.quantities.
         out: dict[str, float] = {
-            "1-0:1.7.0": total_w,
-            "1-0:3.7.0": total_w * tan_phi,
-            "1-0:9.7.0": total_w / pf,
+            "1-0:16.7.0": total_w,
+            "1-0:131.7.0": total_w * tan_phi,
+            "1-0:137.7.0": total_w / pf,
             "1-0:13.7.0": pf,
             "1-0:14.7.0": 50.0 + 0.03 * _unit(p.seed ^ 0x3, tick),
             "1-0:1.8.0": a_plus,
@@ -226,9 +256,9 @@ class SimulatedMeter:
             "1-0:4.8.0": r_minus,
         }
         for n, (power_q, volt_q, curr_q, energy_q) in enumerate((
-            ("1-0:21.7.0", "1-0:32.7.0", "1-0:31.7.0", "1-0:21.8.0"),
-            ("1-0:41.7.0", "1-0:52.7.0", "1-0:51.7.0", "1-0:41.8.0"),
-            ("1-0:61.7.0", "1-0:72.7.0", "1-0:71.7.0", "1-0:61.8.0"),
+            ("1-0:36.7.0", "1-0:32.7.0", "1-0:31.7.0", "1-0:21.8.0"),
+            ("1-0:56.7.0", "1-0:52.7.0", "1-0:51.7.0", "1-0:41.8.0"),
+            ("1-0:76.7.0", "1-0:72.7.0", "1-0:71.7.0", "1-0:61.8.0"),
         )):
             share = p.phase_split[n]
             phase_w = total_w * share
@@ -240,11 +270,19 @@ class SimulatedMeter:
             out[energy_q] = a_plus * share
         return out
 
-    # -- registers -------------------------------------------------------------------------
-    def read_words(self, start: int, count: int, now: float) -> list[int]:
-        """The `count` register words from `start` at `now`; unmapped registers read 0."""
-        if self.fault is Fault.GARBAGE:
-            return [0xFFFF] * count
+    # -- registers ---------------------------------------------------------------------------
+    def read(self, function_code: int, start: int, count: int, now: float) -> list[int]:
+        """Answer one read request like the real meter: the `count` words from `start` at `now`,
+        or MeterExceptionResponse for a request the meter refuses (see `refusal`)."""
+        refused = refusal(self.profile, function_code, start, count)
+        if refused is not None:
+            raise MeterExceptionResponse(*refused)
+        words = self._words(start, count, now)
+        if self.fault is Fault.GARBAGE:  # a malformed answer: one register too many (too few at 125)
+            return words + [0xFFFF] if count < MODBUS_MAX_READ else words[:-1]
+        return words
+
+    def _words(self, start: int, count: int, now: float) -> list[int]:
         window = window_block(self.profile, start, count)
         if window is None:
             return [0] * count
@@ -252,20 +290,40 @@ class SimulatedMeter:
         # block read within that second sees the same values, computed once.
         tick = int(now)
         if tick != self._seen_tick:
-            self._seen_values, self._seen_tick = self.values(tick), tick
+            values: dict[str, float | None] = dict(self.values(tick))
+            if self.fault is Fault.NO_VALUE:
+                values.update(dict.fromkeys(self.no_value))
+            self._seen_values, self._seen_tick = values, tick
         words = encode_block(window, self._seen_values, self.profile.word_order)
         lo, hi = max(start, window.start), min(start + count, window.end)
-        return [0] * (lo - start) + words[lo - window.start : hi - window.start] + [0] * (start + count - hi)
+        out = [0] * (lo - start) + words[lo - window.start : hi - window.start] + [0] * (start + count - hi)
+        if self.profile.max_hole:  # continuous read answers short holes: see refusal()
+            for h_lo, h_hi in self.profile.holes(start, start + count):
+                out[h_lo - start : h_hi - start] = [WB_UNSUPPORTED_VALUE] * (h_hi - h_lo)
+        return out
 
     def registers(self, now: float) -> dict[int, int]:
         """The whole register image at `now`, address → word (fields only, for inspection)."""
         image = image_block(self.profile)
-        words = self.read_words(image.start, image.count, now)
+        words = self._words(image.start, image.count, now)
         return {f.address + i: words[f.address - image.start + i] for f in image.fields for i in range(f.words)}
 
     # -- faults ----------------------------------------------------------------------------
-    def set_fault(self, fault: Fault, now: float, code: int = 2) -> None:
-        """Put the meter in a fault state; `reset` acts at once and leaves the meter healthy."""
+    def set_fault(self, fault: Fault, now: float, code: int = 2, quantities: Iterable[str] | None = None) -> None:
+        """Put the meter in a fault state; `reset` acts at once and leaves the meter healthy.
+
+        `quantities` (NO_VALUE only): which quantities read as "no value"; default every field
+        whose register has such a pattern. ValueError for a quantity the profile cannot report so.
+        """
+        no_value: frozenset[str] = frozenset()
+        if fault is Fault.NO_VALUE:
+            able = {f.quantity for f in self.profile.fields if has_no_value_pattern(f)}
+            no_value = frozenset(able if quantities is None else quantities)
+            if not no_value or not no_value <= able:
+                raise ValueError(
+                    f"{self.profile.name} can report 'no value' only for {sorted(able) or 'nothing'}; "
+                    f"asked for {sorted(no_value - able) or 'none'}"
+                )
         self._seen_tick = -1  # a fault changes what the registers hold
         if fault is Fault.RESET:
             self._reset_kwh = self.energy_since_install_kwh(now)
@@ -273,3 +331,36 @@ class SimulatedMeter:
             return
         self.fault = fault
         self.exception_code = code
+        self.no_value = no_value
+
+
+@functools.lru_cache(maxsize=4096)
+def refusal(profile: Profile, function_code: int, start: int, count: int) -> tuple[int, str] | None:
+    """The exception a real meter answers this request with, or None when it answers it.
+
+    - another function code than the profile's: 0x01 illegal function;
+    - more registers than the meter's limit: 0x03 illegal data value. Modbus application protocol
+      v1.1b3 §6.4 (read input registers; §6.3 the same for holding): a quantity outside the
+      accepted range is exception 03. Eastron SDM630 protocol v1.8 §1.1 says a request over 80
+      registers "prompts ... an exception response" without naming the code; 03 is the one the
+      Modbus state diagram gives.
+    - any address the profile does not declare (no field, no readable range): 0x02 illegal data
+      address (Modbus v1.1b3 §6.4: start + quantity outside the device's addresses → 02; SDM630
+      v1.8 §3.11: "Attempt to access an invalid address"). A device with continuous read
+      (`max_hole` > 0, Wiren Board) answers holes of at most `max_hole` registers instead, with
+      WB_UNSUPPORTED_VALUE in them.
+    - a request that reads part of a multi-register value, for a profile with `alignment` > 1:
+      0x02 (SDM630 v1.8 §3.11: "an attempt to read or write part of a floating point value"; the
+      meter's answer to a single-register read, "an instrument type specific value", is not modelled).
+    Cached: pollers send the same few requests over and over.
+    """
+    if function_code != profile.function_code:
+        return ILLEGAL_FUNCTION, f"function {function_code} not supported (the meter uses {profile.function_code})"
+    if count > profile.max_read_registers:
+        return ILLEGAL_DATA_VALUE, f"{count} registers requested, the meter gives at most {profile.max_read_registers}"
+    if start % profile.alignment or count % profile.alignment:
+        return ILLEGAL_DATA_ADDRESS, f"0x{start:04X}+{count} reads part of a {profile.alignment}-register value"
+    for lo, hi in profile.holes(start, start + count):
+        if hi - lo > profile.max_hole:
+            return ILLEGAL_DATA_ADDRESS, f"0x{lo:04X}..0x{hi - 1:04X} are not registers of {profile.name}"
+    return None

@@ -13,8 +13,9 @@ returns — a list of words, or an `ExcCodes` member as an exception response. R
 `NoSuchIdException` with `ignore_missing_devices=True` makes the server send nothing (our timeout
 fault). A datastore cannot see which connection asked, so the drop fault closes every connection
 of that port, as a gateway losing its link would. Per request the path is: look up the meter,
-compute its values, encode only the fields the request touches (cached struct layouts). Nothing
-is logged per request.
+refuse what the real meter refuses (another function code 0x01, more registers than its limit
+0x03, an address its profile does not declare 0x02: see meter_model.refusal), compute its values,
+encode only the fields the request touches (cached struct layouts). Nothing is logged per request.
 """
 from __future__ import annotations
 
@@ -39,10 +40,12 @@ from pymodbus.server import ModbusTcpServer
 
 from protocols.modbus.profiles import PROFILES
 
-from .meter_model import Fault, SimulatedMeter
+from .meter_model import Fault, MeterExceptionResponse, SimulatedMeter
 
 log = logging.getLogger(__name__)
 EXCEPTION_CODES = frozenset(int(c) for c in ExcCodes)
+# Faults under which the meter gives no data at all; garbage and no_value answer (badly).
+_SILENT_OR_REFUSING = frozenset({Fault.TIMEOUT, Fault.EXCEPTION, Fault.DROP})
 
 
 @dataclass(frozen=True, slots=True)
@@ -116,18 +119,16 @@ class MeterBank(ModbusServerContext):
         if meter is None:
             return ExcCodes.GATEWAY_NO_RESPONSE  # what a gateway answers for a silent unit
         fault = meter.fault
-        if fault is not Fault.NONE and fault is not Fault.GARBAGE:
+        if fault in _SILENT_OR_REFUSING:
             if fault is Fault.EXCEPTION:
                 return ExcCodes(meter.exception_code)
             if fault is Fault.DROP:
                 self._drop_connections()
             raise NoSuchIdException(f"fault {fault} on unit {device_id}")  # → no answer at all
-        profile = meter.profile
-        if func_code != profile.function_code:
-            return ExcCodes.ILLEGAL_FUNCTION
-        if count > profile.max_read_registers:
-            return ExcCodes.ILLEGAL_VALUE
-        return meter.read_words(address, count, self.clock())
+        try:
+            return meter.read(func_code, address, count, self.clock())
+        except MeterExceptionResponse as refused:  # a wrong function, too many registers, an unmapped address
+            return ExcCodes(refused.code)
 
     async def async_setValues(
         self, device_id: int, func_code: int, address: int, values: Sequence[int] | Sequence[bool]
@@ -146,6 +147,7 @@ class FaultRequest(BaseModel):
     device_id: str
     fault: Fault
     code: int = 2
+    quantities: list[str] | None = None  # no_value: which quantities (default: all that can)
 
     @field_validator("code")
     @classmethod
@@ -201,11 +203,13 @@ class RunningSimulator:
     async def __aexit__(self, *exc: object) -> None:
         await self.stop()
 
-    def set_fault(self, device_id: str, fault: Fault | str, code: int = 2) -> None:
-        """Inject a fault (KeyError for an unknown device, ValueError for an unknown fault or code)."""
+    def set_fault(self, device_id: str, fault: Fault | str, code: int = 2,
+                  quantities: Sequence[str] | None = None) -> None:
+        """Inject a fault (KeyError for an unknown device, ValueError for an unknown fault or code,
+        or for `quantities` the device cannot report as "no value")."""
         if code not in EXCEPTION_CODES:
             raise ValueError(f"exception code {code} is not a Modbus exception code {sorted(EXCEPTION_CODES)}")
-        self.meters[device_id].set_fault(Fault(fault), self.config.clock(), code)
+        self.meters[device_id].set_fault(Fault(fault), self.config.clock(), code, quantities)
 
     def clear_faults(self) -> int:
         for meter in self.meters.values():
@@ -215,7 +219,8 @@ class RunningSimulator:
     def describe(self) -> list[dict[str, object]]:
         return [
             {**asdict(d), "fault": str(self.meters[d.device_id].fault),
-             "exception_code": self.meters[d.device_id].exception_code}
+             "exception_code": self.meters[d.device_id].exception_code,
+             "no_value": sorted(self.meters[d.device_id].no_value)}
             for d in self.devices
         ]
 
@@ -230,9 +235,13 @@ class RunningSimulator:
                 return web.json_response({"error": json.loads(err.json())}, status=422)
             if body.device_id not in self.meters:
                 return web.json_response({"error": f"unknown device {body.device_id!r}"}, status=404)
-            self.set_fault(body.device_id, body.fault, body.code)
+            try:
+                self.set_fault(body.device_id, body.fault, body.code, body.quantities)
+            except ValueError as err:
+                return web.json_response({"error": str(err)}, status=422)
             meter = self.meters[body.device_id]
-            return web.json_response({"device_id": body.device_id, "fault": str(meter.fault), "code": body.code})
+            return web.json_response({"device_id": body.device_id, "fault": str(meter.fault), "code": body.code,
+                                      "quantities": sorted(meter.no_value)})
 
         async def delete_faults(_: web.Request) -> web.Response:
             return web.json_response({"cleared": self.clear_faults()})

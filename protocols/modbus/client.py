@@ -28,8 +28,8 @@ from pymodbus.exceptions import ConnectionException, ModbusException
 
 from meterray.domain import FailureKind, Value
 
-from .codec import DecodeProblem, decode_block
-from .planner import DEFAULT_MAX_GAP, plan_blocks
+from .codec import NoValue, UndecodableAnswerError, decode_block
+from .planner import plan_blocks
 from .profiles import MODBUS_MAX_READ, READ_FUNCTION_CODES, Profile
 
 # Modbus application protocol v1.1b3 §7 "MODBUS Exception Responses".
@@ -53,6 +53,7 @@ class ModbusError(Exception):
 
     kind: FailureKind = FailureKind.BAD_RESPONSE
     retriable: bool = True
+    raw_words: tuple[int, ...] | None = None  # the answer's words, when one arrived but cannot be decoded
 
 
 class ModbusTimeoutError(ModbusError):
@@ -75,6 +76,10 @@ class ModbusBadResponseError(ModbusError):
     """An answer arrived but is not the answer to this request (short, malformed, wrong id)."""
 
     kind = FailureKind.BAD_RESPONSE
+
+    def __init__(self, message: str, raw_words: tuple[int, ...] | None = None) -> None:
+        super().__init__(message)
+        self.raw_words = raw_words
 
 
 class ModbusExceptionCodeError(ModbusError):
@@ -202,23 +207,29 @@ class ModbusEndpoint:
             raise ModbusExceptionCodeError(code, f"{where}: exception {code} ({meaning})")
         registers = response.registers
         if len(registers) != count:
-            raise ModbusBadResponseError(f"{where}: answer holds {len(registers)} registers")
+            raise ModbusBadResponseError(f"{where}: answer holds {len(registers)} registers", tuple(registers))
         return registers  # type: ignore[return-value]  # pymodbus builds a fresh list per response
 
-    async def read_device(
-        self, profile: Profile, unit_id: int, max_gap: int = DEFAULT_MAX_GAP
-    ) -> tuple[list[Value], list[DecodeProblem]]:
-        """Read and decode every block of `profile` from `unit_id`, one request at a time.
+    async def read_device(self, profile: Profile, unit_id: int) -> tuple[list[Value], list[NoValue]]:
+        """Read and decode every block of `profile` from `unit_id`, one request at a time, as the
+        profile's planner settings allow (its request limit and its `max_hole`).
 
-        A transport failure on any block raises (the poll is all or nothing); values the meter
-        could not give (error values, NaN) come back as DecodeProblems next to the good values.
+        A transport failure on any block raises (the poll is all or nothing), and so does an
+        answer that cannot be decoded (ModbusBadResponseError carrying the raw words). Quantities
+        the meter reports as "no value" (its declared error value, NaN) come back as NoValue
+        next to the good values: the meter answered, it just has nothing for them.
         """
         values: list[Value] = []
-        problems: list[DecodeProblem] = []
-        for block in plan_blocks(profile, max_gap):
+        missing: list[NoValue] = []
+        for block in plan_blocks(profile):
             registers = await self.read_registers(unit_id, block.function_code, block.start, block.count)
-            v, p = decode_block(block, registers, profile.word_order)
+            try:
+                v, m = decode_block(block, registers, profile.word_order)
+            except UndecodableAnswerError as err:
+                raise ModbusBadResponseError(
+                    f"{self._name} unit {unit_id} fc{block.function_code} 0x{block.start:04X}+{block.count}: "
+                    f"{err.reason}", err.raw_words) from err
             values.extend(v)
-            if p:
-                problems.extend(p)
-        return values, problems
+            if m:
+                missing.extend(m)
+        return values, missing

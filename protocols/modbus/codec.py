@@ -23,16 +23,24 @@ from .profiles import Field, WordOrder
 
 
 @dataclass(frozen=True, slots=True)
-class DecodeProblem:
-    """A value that could not be produced: the meter's error value, NaN/inf, or a bad answer.
-
-    `quantity` is "*" when the whole block is unusable (e.g. wrong register count).
-    """
+class NoValue:
+    """The meter's own "no value" for one quantity: the error pattern its vendor declares for
+    that register, or a NaN/inf float. Not a failure of the meter or of the poll."""
 
     quantity: str
     address: int
     reason: str
     raw_words: tuple[int, ...]
+
+
+class UndecodableAnswerError(ValueError):
+    """An answer that cannot be decoded at all (wrong register count, words outside 0..0xFFFF)."""
+
+    def __init__(self, address: int, reason: str, raw_words: tuple[int, ...]) -> None:
+        super().__init__(reason)
+        self.address = address
+        self.reason = reason
+        self.raw_words = raw_words
 
 
 class _Spec(NamedTuple):
@@ -62,7 +70,8 @@ def _order(field: Field, default: WordOrder) -> WordOrder:
 
 
 def _signed_error(field: Field) -> int | None:
-    """The error pattern as `struct` will unpack it: signed types see all-ones as -1, etc."""
+    """The error pattern as `struct` will unpack it: a signed type sees a pattern with the top bit set
+    as negative (0xFFFF → -1); 0x7FFF, Wiren Board's signed error value, stays 32767."""
     if field.error_value is None:
         return None
     bits = 16 * field.words
@@ -106,43 +115,49 @@ def _layout(block: Block, word_order: WordOrder) -> _Layout:
 
 def decode_block(
     block: Block, registers: Sequence[int], word_order: WordOrder
-) -> tuple[list[Value], list[DecodeProblem]]:
+) -> tuple[list[Value], list[NoValue]]:
     """Decode the answer to one block read.
 
     `word_order` is the profile's default; fields with their own `word_order` use that. Values
-    carry their quantity's unit from meterray.quantities. A value equal to the field's error
-    value, or a NaN/inf float, becomes a DecodeProblem instead; a wrong register count (or a word
-    outside 0..0xFFFF) makes one problem for the whole block and no values.
+    carry their quantity's unit from meterray.quantities. A value equal to the field's declared
+    error value, or a NaN/inf float, is a NoValue instead (fields without an error value have
+    none: every raw pattern is a value). A wrong register count, or a word outside 0..0xFFFF,
+    raises UndecodableAnswerError: nothing of such an answer can be trusted.
     """
     layout = _layout(block, word_order)
     if len(registers) != layout.count:
-        return [], [
-            DecodeProblem("*", block.start, f"expected {layout.count} registers from 0x{block.start:04X}, "
-                          f"got {len(registers)}", tuple(registers))
-        ]
+        raise UndecodableAnswerError(block.start, f"expected {layout.count} registers from 0x{block.start:04X}, "
+                                     f"got {len(registers)}", tuple(registers))
     try:
         raw_values = layout.values_struct.unpack(layout.words_struct.pack(*layout.gather(registers)))
     except struct.error as err:
-        return [], [DecodeProblem("*", block.start, f"register words out of range: {err}", tuple(registers))]
+        raise UndecodableAnswerError(block.start, f"register words out of range: {err}", tuple(registers)) from None
     values: list[Value] = []
-    problems: list[DecodeProblem] = []
+    missing: list[NoValue] = []
     isfinite = math.isfinite
     for spec, raw in zip(layout.specs, raw_values, strict=True):
         if raw == spec.error:
             words = tuple(registers[spec.offset : spec.offset + spec.words])
             pattern = "".join(f"{w:04X}" for w in words)
-            problems.append(DecodeProblem(spec.quantity, spec.address,
-                                          f"meter reported its error value 0x{pattern}", words))
+            missing.append(NoValue(spec.quantity, spec.address, f"meter reported its error value 0x{pattern}", words))
         elif spec.is_float and not isfinite(raw):
             words = tuple(registers[spec.offset : spec.offset + spec.words])
-            problems.append(DecodeProblem(spec.quantity, spec.address, f"not a finite number ({raw})", words))
+            missing.append(NoValue(spec.quantity, spec.address, f"not a finite number ({raw})", words))
         else:
             values.append(Value(spec.quantity, raw * spec.scale, spec.unit, 0))  # positional: ~25% faster
-    return values, problems
+    return values, missing
 
 
-def _raw_for(field: Field, value: float) -> int | float:
-    """Engineering value → the raw number the register holds (inverse of scale)."""
+def _raw_for(field: Field, value: float | None) -> int | float:
+    """Engineering value → the raw number the register holds (inverse of scale); None → the
+    field's "no value" pattern (NaN for floats, the declared error value otherwise)."""
+    if value is None:
+        if field.dtype.is_float:
+            return math.nan
+        error = _signed_error(field)
+        if error is None:
+            raise ValueError(f"{field.quantity}: the meter declares no 'no value' pattern for this {field.dtype} field")
+        return error
     if field.dtype.is_float:
         return value / field.scale if field.scale != 1.0 else value
     raw = round(value / field.scale)
@@ -154,8 +169,9 @@ def _raw_for(field: Field, value: float) -> int | float:
     return raw
 
 
-def encode_field(field: Field, value: float, word_order: WordOrder) -> list[int]:
-    """The register words a meter would hold for `value` (inverse of decoding one field)."""
+def encode_field(field: Field, value: float | None, word_order: WordOrder) -> list[int]:
+    """The register words a meter would hold for `value` (inverse of decoding one field); None
+    gives the field's "no value" pattern."""
     data = struct.pack(">" + field.dtype.struct_char, _raw_for(field, value))
     words = list(struct.unpack(f">{field.words}H", data))
     if _order(field, word_order) == "little":
@@ -163,9 +179,10 @@ def encode_field(field: Field, value: float, word_order: WordOrder) -> list[int]
     return words
 
 
-def encode_block(block: Block, values: Mapping[str, float], word_order: WordOrder) -> list[int]:
-    """All `block.count` words for `values` (quantity → engineering value); registers between
-    fields are 0. Every field of the block must have a value. Used by the simulator per request."""
+def encode_block(block: Block, values: Mapping[str, float | None], word_order: WordOrder) -> list[int]:
+    """All `block.count` words for `values` (quantity → engineering value, or None for the field's
+    "no value" pattern); registers between fields are 0. Every field of the block must have an
+    entry. Used by the simulator per request."""
     layout = _layout(block, word_order)
     raws = [_raw_for(f, values[f.quantity]) for f in block.fields]
     gathered = layout.words_struct.unpack(layout.values_struct.pack(*raws))

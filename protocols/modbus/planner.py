@@ -1,9 +1,11 @@
 """Turn a profile's fields into as few read requests as the meter allows.
 
 Over Modbus TCP, and even more behind an RTU gateway, a request round-trip costs far more than a
-few extra registers in the answer, so neighbouring fields are merged into one block and small
-gaps are read through. A field is never split across two requests: its words must come from one
-answer to be consistent.
+few extra registers in the answer, so neighbouring fields are merged into one block. The gaps
+between them are read through only where the meter answers them: registers the profile declares
+(`readable_ranges`), or undeclared holes of at most `profile.max_hole` registers. A meter answers
+a request that touches any other address with exception 0x02, however small the hole. A field is
+never split across two requests: its words must come from one answer to be consistent.
 """
 from __future__ import annotations
 
@@ -11,8 +13,6 @@ import functools
 from dataclasses import dataclass, field
 
 from .profiles import MODBUS_MAX_READ, Field, Profile
-
-DEFAULT_MAX_GAP = 16
 
 
 @dataclass(frozen=True, slots=True)
@@ -38,30 +38,27 @@ class Block:
         return self.start + self.count
 
 
-def _gap_readable(profile: Profile, gap_start: int, gap_end: int) -> bool:
-    return any(lo <= gap_start and gap_end <= hi for lo, hi in profile.readable_ranges)
+def _bridgeable(profile: Profile, gap_start: int, gap_end: int) -> bool:
+    """True when every undeclared run between two fields is at most `profile.max_hole` long."""
+    return all(hi - lo <= profile.max_hole for lo, hi in profile.holes(gap_start, gap_end))
 
 
 @functools.cache
-def plan_blocks(profile: Profile, max_gap: int = DEFAULT_MAX_GAP) -> tuple[Block, ...]:
+def plan_blocks(profile: Profile) -> tuple[Block, ...]:
     """Blocks covering every field of `profile`, in address order.
 
     Fields are merged while the block stays within min(125, profile.max_read_registers)
-    registers and the unused registers between two fields number at most `max_gap` (or lie in
-    one of the profile's `readable_ranges`). Pure and deterministic; cached per (profile, max_gap)
-    because it runs on every poll.
+    registers and every undeclared hole between two fields is at most `profile.max_hole`
+    registers (see module doc). Pure and deterministic; cached per profile because it runs on
+    every poll.
     """
-    if max_gap < 0:
-        raise ValueError(f"max_gap must be >= 0, got {max_gap}")
     limit = min(MODBUS_MAX_READ, profile.max_read_registers)
     ordered = sorted(profile.fields, key=lambda f: f.address)
     blocks: list[Block] = []
     group: list[Field] = [ordered[0]]
     start, end = ordered[0].address, ordered[0].end
     for f in ordered[1:]:
-        gap = f.address - end
-        bridgeable = gap <= max_gap or _gap_readable(profile, end, f.address)
-        if bridgeable and f.end - start <= limit:
+        if f.end - start <= limit and _bridgeable(profile, end, f.address):
             group.append(f)
             end = f.end
             continue

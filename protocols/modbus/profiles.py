@@ -55,8 +55,11 @@ class Field:
     """One quantity in a meter's register map.
 
     `error_value` is the raw register pattern (as an unsigned integer) the meter uses for "no
-    value"; `word_order` overrides the profile's order for this field only, for meters whose
-    datasheet mixes orders (WB-MAP3E does: s32 powers high word first, u64 energies low word first).
+    value", set only where the vendor declares one: a field without it has no "no value" pattern,
+    so every raw value is a value (an s16 of 0xFFFF is -1). Wiren Board declares all ones on
+    unsigned channels and the maximum (0x7FFF, 0x7FFFFFFF) on signed ones. `word_order`
+    overrides the profile's order for this field only, for meters whose datasheet mixes orders
+    (WB-MAP3E does: u32/s32 high word first, u64 energies low word first).
     """
 
     quantity: str
@@ -109,9 +112,14 @@ class Field:
 class Profile:
     """A meter model: function code, default word order, request size limit and fields.
 
-    `readable_ranges` lists `(start, end)` address ranges (end exclusive) that the meter answers
-    in full, unused registers included; the planner may read through any gap inside one of them
-    whatever its `max_gap`.
+    What the meter answers: every register of a field, and every register of `readable_ranges`
+    (`(start, end)`, end exclusive: registers the vendor documents although no field maps them).
+    A request that touches any other address gets exception 0x02 from a real meter, so the
+    planner reads through such an undeclared *hole* only when it is at most `max_hole` registers
+    long. `max_hole` is 0 unless the device is known to answer holes (Wiren Board's continuous
+    read mode: at most WB_CONTINUOUS_READ_MAX_HOLE, and only once the mode is switched on).
+    `alignment` > 1: the meter answers only requests that start at a multiple of it and read a
+    multiple of it (Eastron: 2, one float32 per register pair); every field must be aligned too.
     """
 
     name: str
@@ -120,6 +128,9 @@ class Profile:
     max_read_registers: int
     fields: tuple[Field, ...]
     readable_ranges: tuple[tuple[int, int], ...] = ()
+    max_hole: int = 0
+    alignment: int = 1
+    _declared: tuple[tuple[int, int], ...] = field(init=False, repr=False, compare=False)
     _hash: int = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
@@ -158,16 +169,45 @@ class Profile:
         for r in self.readable_ranges:
             if len(r) != 2 or not 0 <= r[0] < r[1] <= 0x10000:
                 raise ValueError(f"{p}: readable range {r!r} must be (start, end) with 0 <= start < end <= 0x10000")
+        if not 0 <= self.max_hole < self.max_read_registers:
+            raise ValueError(f"{p}: max_hole must be 0..max_read_registers-1, got {self.max_hole}")
+        if self.alignment not in (1, 2, 4):
+            raise ValueError(f"{p}: alignment must be 1, 2 or 4 registers, got {self.alignment}")
+        for f in self.fields:
+            if f.address % self.alignment or f.words % self.alignment:
+                raise ValueError(f"{p}: {f.quantity} at 0x{f.address:04X} ({f.dtype}) is not aligned to "
+                                 f"{self.alignment} registers; check the datasheet address")
+        object.__setattr__(self, "_declared", _merge([(f.address, f.end) for f in self.fields]
+                                                     + list(self.readable_ranges)))
         # Hashed on every poll (plan cache key): compute once, the table is frozen.
         object.__setattr__(
             self,
             "_hash",
             hash((self.name, self.function_code, self.word_order, self.max_read_registers, self.fields,
-                  self.readable_ranges)),
+                  self.readable_ranges, self.max_hole, self.alignment)),
         )
 
     def __hash__(self) -> int:
         return self._hash
+
+    def holes(self, start: int, end: int) -> list[tuple[int, int]]:
+        """The undeclared runs `(lo, hi)` (hi exclusive) inside `[start, end)`: addresses that are in
+        no field and no readable range, so a meter without continuous read answers them with 0x02."""
+        out: list[tuple[int, int]] = []
+        pos = start
+        for lo, hi in self._declared:
+            if hi <= pos:
+                continue
+            if lo >= end:
+                break
+            if lo > pos:
+                out.append((pos, lo))
+            pos = max(pos, hi)
+            if pos >= end:
+                break
+        if pos < end:
+            out.append((pos, end))
+        return out
 
     def field_for(self, quantity: str) -> Field:
         for f in self.fields:
@@ -175,6 +215,22 @@ class Profile:
                 return f
         raise KeyError(f"profile {self.name!r} has no field for {quantity!r}")
 
+
+def _merge(ranges: list[tuple[int, int]]) -> tuple[tuple[int, int], ...]:
+    """Sorted, non-overlapping, non-touching union of `(start, end)` ranges."""
+    out: list[tuple[int, int]] = []
+    for lo, hi in sorted(ranges):
+        if out and lo <= out[-1][1]:
+            out[-1] = (out[-1][0], max(out[-1][1], hi))
+        else:
+            out.append((lo, hi))
+    return tuple(out)
+
+
+# wirenboard/wb-mqtt-serial src/modbus_common.h MAX_HOLE_CONTINUOUS_16_BIT_REGISTERS: with
+# enable_wb_continuous_read the driver reads through at most 10 undeclared registers; without it,
+# its default max_reg_hole is 0 (README "max_reg_hole").
+WB_CONTINUOUS_READ_MAX_HOLE = 10
 
 # Eastron datasheets number input registers 30001, 30003, ... and holding registers 40001, ...;
 # the protocol address is number - 30001 (resp. 40001) (SDM630 Modbus protocol v1.8, §"Input
@@ -202,85 +258,166 @@ def address_to_eastron_number(address: int, function_code: int = 4) -> int:
 
 
 def _sdm630() -> Profile:
-    """Eastron SDM630 v2: FC04, IEEE-754 float32, high word first (SDM630 Modbus protocol v1.8 /
-    v2.0 input register table; nmakel/sdm_modbus meter.py: wordorder = byteorder = Endian.Big)."""
+    """Eastron SDM630 v2: FC04, IEEE-754 float32, high word first (SDM630 Modbus protocol v1.8 §1.1
+    "Most significant register first (Default)", input register table §1.2.1; nmakel/sdm_modbus
+    sdm.py SDM630 registers, meter.py: wordorder = byteorder = Endian.Big).
+
+    Powers are signed floats (active power: import +, export −), so they carry the signed
+    codes of meterray.quantities. Floats need no error value: a NaN/inf is "no value" already.
+    """
     f = DType.F32
     return Profile(
         name="sdm630",
         function_code=4,
         word_order="big",
-        max_read_registers=MODBUS_MAX_READ,
+        # Protocol v1.8 §1.1: "a maximum of 40 values in a single transaction; therefore the maximum
+        # number of registers requestable is 80. Exceeding this limit prompts ... an exception response."
+        max_read_registers=80,
         fields=(
-            Field("1-0:32.7.0", 0x0000, f),  # phase 1 line-to-neutral volts
-            Field("1-0:52.7.0", 0x0002, f),
-            Field("1-0:72.7.0", 0x0004, f),
-            Field("1-0:31.7.0", 0x0006, f),  # phase 1 current, A
-            Field("1-0:51.7.0", 0x0008, f),
-            Field("1-0:71.7.0", 0x000A, f),
-            Field("1-0:21.7.0", 0x000C, f),  # phase 1 active power, W
-            Field("1-0:41.7.0", 0x000E, f),
-            Field("1-0:61.7.0", 0x0010, f),
-            Field("1-0:1.7.0", 0x0034, f),  # total system power, W
-            Field("1-0:9.7.0", 0x0038, f),  # total system VA
-            Field("1-0:3.7.0", 0x003C, f),  # total system VAr
-            Field("1-0:13.7.0", 0x003E, f),  # total system power factor
-            Field("1-0:14.7.0", 0x0046, f),  # frequency of supply voltages, Hz
-            Field("1-0:1.8.0", 0x0048, f),  # import Wh since last reset, in kWh
-            Field("1-0:2.8.0", 0x004A, f),  # export kWh
-            Field("1-0:3.8.0", 0x004C, f),  # import kVArh
-            Field("1-0:4.8.0", 0x004E, f),  # export kVArh
+            Field("1-0:32.7.0", 0x0000, f),  # 30001 phase 1 line to neutral volts, V
+            Field("1-0:52.7.0", 0x0002, f),  # 30003 phase 2
+            Field("1-0:72.7.0", 0x0004, f),  # 30005 phase 3
+            Field("1-0:31.7.0", 0x0006, f),  # 30007 phase 1 current, A
+            Field("1-0:51.7.0", 0x0008, f),  # 30009
+            Field("1-0:71.7.0", 0x000A, f),  # 30011
+            Field("1-0:36.7.0", 0x000C, f),  # 30013 phase 1 power, W, signed
+            Field("1-0:56.7.0", 0x000E, f),  # 30015
+            Field("1-0:76.7.0", 0x0010, f),  # 30017
+            Field("1-0:16.7.0", 0x0034, f),  # 30053 total system power, W, signed
+            Field("1-0:137.7.0", 0x0038, f),  # 30057 total system volt amps, VA
+            Field("1-0:131.7.0", 0x003C, f),  # 30061 total system VAr, signed
+            Field("1-0:13.7.0", 0x003E, f),  # 30063 total system power factor
+            Field("1-0:14.7.0", 0x0046, f),  # 30071 frequency of supply voltages, Hz
+            Field("1-0:1.8.0", 0x0048, f),  # 30073 import Wh since last reset, in kWh
+            Field("1-0:2.8.0", 0x004A, f),  # 30075 export kWh
+            Field("1-0:3.8.0", 0x004C, f),  # 30077 import kVArh
+            Field("1-0:4.8.0", 0x004E, f),  # 30079 export kVArh
         ),
-        # Every register 0x0000..0x004F is answered by the meter (per-phase VA/VAr/PF/angles and
-        # averages fill the gap 0x0012..0x0033); sdm_modbus reads exactly this range as its batch 1.
-        # So the whole meter is one request of 80 registers.
+        # The meter answers every register 0x0000..0x004F (per-phase VA/VAr/PF/angles and averages
+        # fill the gap 0x0012..0x0033); sdm_modbus reads exactly this range as one request (its
+        # batch 1). So the whole map is one request of 80 registers, the meter's limit.
         readable_ranges=((0x0000, 0x0050),),
+        # Protocol v1.8 §1.1: "All register read requests ... must specify an even number of registers";
+        # §3.11: exception 02 for "an attempt to read or write part of a floating point value".
+        alignment=2,
     )
 
 
-def _wb_map3e() -> Profile:
-    """Wiren Board WB-MAP3E: FC04 scaled integers (wirenboard/wb-mqtt-serial
-    templates/config-map3e.json, max_read_registers 60).
+def _wb_map3e_fw2() -> Profile:
+    """Wiren Board WB-MAP3E, current firmware (fw2): FC04 scaled integers.
 
-    Word order: the template marks the u64 energy counters "little_endian" (low word first) and
-    leaves the s32 powers at wb-mqtt-serial's default, big_endian. The profile default is
-    "little" and the s32 powers override it with "big", as the template does.
-    PF: the legacy template has only PF L1..L3 at 0x10BD..0x10BF; config-map3e-fw2.json adds
-    "Total PF" at 0x10BC (s16 ×0.001), right before them, which is what we map to 1-0:13.7.0.
-    Error values: all-ones (0xFFFF / 0xFFFFFFFF / 0xFFFF...FF) is Wiren Board's "no value"
-    pattern for unsigned registers (fw2 template: Urms u32 0xFFFFFFFF, U L1-L2 u16 0xFFFF). We use
-    all-ones for the signed fields too, which costs one raw value (-1: -0.32 mW, PF -0.001).
+    Every address, type, scale, word order and error value below is the one of
+    wirenboard/wb-mqtt-serial templates/config-map3e-fw2.json (device "WB-MAP3E fw2", group g-wb,
+    signatures MAP3E fw 2.0.0 and WB-MAP3E; "max_read_registers": 60), channel named in each comment.
+
+    Word order: the template marks only the u64 energy counters "little_endian" (low word first);
+    every other multi-register channel (u32 Urms/Irms, s32 P/Q/S) has wb-mqtt-serial's default,
+    big_endian (README: "word_order": "big_endian" (по умолчанию)). So the profile default is "big"
+    and the counters override it.
+    Error values: only where the template declares one. Of the channels mapped here that is Urms
+    (u32, "error_value": "0xFFFFFFFF"); Irms, P/Q/S, PF, frequency and energies declare none, so
+    every raw pattern there is a value (an s32 power of 0xFFFFFFFF is -1 LSB = -5.12 mW).
+    Holes: the template sets "enable_wb_continuous_read", under which wb-mqtt-serial reads through
+    up to 10 undeclared registers, but only after writing 1 to holding register 114 (src/wb_registers.cpp
+    CONTINUOUS_READ_REGISTER_ADDRESS, src/modbus_common.cpp EnableWbContinuousRead). meterray never
+    writes to a meter, so the mode is off and max_hole stays 0; readable_ranges (registers the
+    template declares as channels) already let the planner merge the map into 5 requests, the same
+    number continuous read would give here.
     """
-    e16, e32, e64 = 0xFFFF, 0xFFFF_FFFF, 0xFFFF_FFFF_FFFF_FFFF
-    u16, s16, s32, u64 = DType.U16, DType.S16, DType.S32, DType.U64
-    pw = 0.00032  # W (var, VA) per LSB for P/Q/S, fw1 template
-    en = 3.125e-6  # kWh (kvarh) per LSB for energy counters, fw1 template
+    u16, s16, u32, s32, u64 = DType.U16, DType.S16, DType.U32, DType.S32, DType.U64
+    v, a = 1.52588e-7, 2.44141e-7  # V and A per LSB of Urms / Irms (u32)
+    pw = 0.00512  # W, var, VA per LSB of P/Q/S (s32)
+    en = 1e-5  # kWh, kvarh per LSB of the energy counters (u64)
+    lo: WordOrder = "little"
     return Profile(
         name="wb-map3e",
         function_code=4,
-        word_order="little",
+        word_order="big",
         max_read_registers=60,
         fields=(
-            Field("1-0:13.7.0", 0x10BC, s16, 0.001, e16),  # Total PF (fw2 template)
-            Field("1-0:32.7.0", 0x10D9, u16, 0.01, e16),  # Urms L1, V
-            Field("1-0:52.7.0", 0x10DA, u16, 0.01, e16),
-            Field("1-0:72.7.0", 0x10DB, u16, 0.01, e16),
-            Field("1-0:31.7.0", 0x10DD, u16, 0.001, e16),  # Irms L1, A
-            Field("1-0:51.7.0", 0x10DE, u16, 0.001, e16),
-            Field("1-0:71.7.0", 0x10DF, u16, 0.001, e16),
-            Field("1-0:14.7.0", 0x10F8, u16, 0.01, e16),  # Frequency, Hz
-            Field("1-0:1.8.0", 0x1200, u64, en, e64),  # Total AP energy, low word first
-            Field("1-0:21.8.0", 0x1204, u64, en, e64),  # AP energy L1
-            Field("1-0:41.8.0", 0x1208, u64, en, e64),
-            Field("1-0:61.8.0", 0x120C, u64, en, e64),
-            Field("1-0:3.8.0", 0x1220, u64, en, e64),  # Total RP energy, kvarh
-            Field("1-0:1.7.0", 0x1300, s32, pw, e32, "big"),  # Total P, W
-            Field("1-0:21.7.0", 0x1302, s32, pw, e32, "big"),  # P L1
-            Field("1-0:41.7.0", 0x1304, s32, pw, e32, "big"),
-            Field("1-0:61.7.0", 0x1306, s32, pw, e32, "big"),
-            Field("1-0:3.7.0", 0x1308, s32, pw, e32, "big"),  # Total Q, var
-            Field("1-0:9.7.0", 0x1310, s32, pw, e32, "big"),  # Total S, VA
+            Field("1-0:13.7.0", 0x10BC, s16, 0.001),  # "Total PF"
+            Field("1-0:14.7.0", 0x10F8, u16, 0.01),  # "Frequency", Hz
+            Field("1-0:1.8.0", 0x1200, u64, en, word_order=lo),  # "Total AP energy", kWh
+            Field("1-0:21.8.0", 0x1204, u64, en, word_order=lo),  # "AP energy L1"
+            Field("1-0:41.8.0", 0x1208, u64, en, word_order=lo),  # "AP energy L2"
+            Field("1-0:61.8.0", 0x120C, u64, en, word_order=lo),  # "AP energy L3"
+            Field("1-0:2.8.0", 0x1210, u64, en, word_order=lo),  # "Total AN energy", kWh
+            Field("1-0:3.8.0", 0x1220, u64, en, word_order=lo),  # "Total RP energy", kvarh
+            Field("1-0:4.8.0", 0x1230, u64, en, word_order=lo),  # "Total RN energy", kvarh
+            Field("1-0:16.7.0", 0x1300, s32, pw),  # "Total P", W
+            Field("1-0:36.7.0", 0x1302, s32, pw),  # "P L1"
+            Field("1-0:56.7.0", 0x1304, s32, pw),  # "P L2"
+            Field("1-0:76.7.0", 0x1306, s32, pw),  # "P L3"
+            Field("1-0:131.7.0", 0x1308, s32, pw),  # "Total Q", var
+            Field("1-0:137.7.0", 0x1310, s32, pw),  # "Total S", VA
+            Field("1-0:32.7.0", 0x1410, u32, v, 0xFFFF_FFFF),  # "Urms L1", V
+            Field("1-0:52.7.0", 0x1412, u32, v, 0xFFFF_FFFF),  # "Urms L2"
+            Field("1-0:72.7.0", 0x1414, u32, v, 0xFFFF_FFFF),  # "Urms L3"
+            Field("1-0:31.7.0", 0x1416, u32, a),  # "Irms L1", A
+            Field("1-0:51.7.0", 0x1418, u32, a),  # "Irms L2"
+            Field("1-0:71.7.0", 0x141A, u32, a),  # "Irms L3"
+        ),
+        readable_ranges=(
+            (0x10BC, 0x10C0),  # "Total PF", "PF L1".."PF L3" (s16)
+            (0x10F8, 0x10FC),  # "Frequency", "Phase angle L1".."L3"
+            (0x10FD, 0x1100),  # "Voltage angle L1".."L3"
+            (0x1200, 0x1240),  # AP, AN, RP, RN energy: total, L1..L3 (u64 each)
+            (0x1300, 0x1318),  # P, Q, S: total, L1..L3 (s32 each)
+            (0x1410, 0x141F),  # "Urms L1".."L3", "Irms L1".."L3" (u32), "U L1-L2".."U L3-L1" (u16)
+        ),
+        max_hole=0,
+    )
+
+
+def _wb_map3e_fw1() -> Profile:
+    """Wiren Board WB-MAP3E with its legacy firmware: wirenboard/wb-mqtt-serial
+    templates/config-map3e.json (group g-wb-old, "max_read_registers": 60, no continuous read).
+
+    A different map from fw2: u16 Urms/Irms at 0x10D9../0x10DD.., P/Q/S ×0.00032 W and energy
+    ×3.125e-6 kWh (fw2: ×0.00512 and ×1e-5), no "Total PF", no export counters. The template
+    declares no error value on any channel mapped here. Word order as in fw2: big by default,
+    the u64 counters "little_endian".
+    """
+    u16, s32, u64 = DType.U16, DType.S32, DType.U64
+    pw = 0.00032
+    en = 3.125e-6
+    lo: WordOrder = "little"
+    return Profile(
+        name="wb-map3e-fw1",
+        function_code=4,
+        word_order="big",
+        max_read_registers=60,
+        fields=(
+            Field("1-0:32.7.0", 0x10D9, u16, 0.01),  # "Urms L1", V
+            Field("1-0:52.7.0", 0x10DA, u16, 0.01),  # "Urms L2"
+            Field("1-0:72.7.0", 0x10DB, u16, 0.01),  # "Urms L3"
+            Field("1-0:31.7.0", 0x10DD, u16, 0.001),  # "Irms L1", A
+            Field("1-0:51.7.0", 0x10DE, u16, 0.001),  # "Irms L2"
+            Field("1-0:71.7.0", 0x10DF, u16, 0.001),  # "Irms L3"
+            Field("1-0:14.7.0", 0x10F8, u16, 0.01),  # "Frequency", Hz
+            Field("1-0:1.8.0", 0x1200, u64, en, word_order=lo),  # "Total AP energy", kWh
+            Field("1-0:21.8.0", 0x1204, u64, en, word_order=lo),  # "AP energy L1"
+            Field("1-0:41.8.0", 0x1208, u64, en, word_order=lo),  # "AP energy L2"
+            Field("1-0:61.8.0", 0x120C, u64, en, word_order=lo),  # "AP energy L3"
+            Field("1-0:3.8.0", 0x1220, u64, en, word_order=lo),  # "Total RP energy", kvarh
+            Field("1-0:16.7.0", 0x1300, s32, pw),  # "Total P", W
+            Field("1-0:36.7.0", 0x1302, s32, pw),  # "P L1"
+            Field("1-0:56.7.0", 0x1304, s32, pw),  # "P L2"
+            Field("1-0:76.7.0", 0x1306, s32, pw),  # "P L3"
+            Field("1-0:131.7.0", 0x1308, s32, pw),  # "Total Q", var
+            Field("1-0:137.7.0", 0x1310, s32, pw),  # "Total S", VA
+        ),
+        readable_ranges=(
+            (0x10BD, 0x10C0),  # "PF L1".."PF L3"
+            (0x10D9, 0x10DC),  # "Urms L1".."L3"
+            (0x10DD, 0x10E0),  # "Irms L1".."L3"
+            (0x10F8, 0x10FC),  # "Frequency", "Phase angle L1".."L3"
+            (0x10FD, 0x1100),  # "Voltage angle L1".."L3"
+            (0x1200, 0x1210),  # AP energy total, L1..L3
+            (0x1220, 0x1230),  # RP energy total, L1..L3
+            (0x1300, 0x1318),  # P, Q, S: total, L1..L3
         ),
     )
 
 
-PROFILES: dict[str, Profile] = {p.name: p for p in (_sdm630(), _wb_map3e())}
+PROFILES: dict[str, Profile] = {p.name: p for p in (_sdm630(), _wb_map3e_fw2(), _wb_map3e_fw1())}

@@ -63,6 +63,15 @@ async def test_manifest_and_control_api(tmp_path: Path) -> None:
                 assert r.status == 422
             async with http.post("/faults", json={"device_id": target, "fault": "exception", "code": 9}) as r:
                 assert r.status == 422
+            wb = devices[1]["device_id"]  # wb-map3e: only Urms L1..L3 have a "no value" pattern
+            async with http.post("/faults", json={"device_id": wb, "fault": "no_value",
+                                                  "quantities": ["1-0:52.7.0"]}) as r:
+                assert r.status == 200 and (await r.json())["quantities"] == ["1-0:52.7.0"]
+            async with http.get("/devices") as r:
+                assert (await r.json())[1]["no_value"] == ["1-0:52.7.0"]
+            async with http.post("/faults", json={"device_id": wb, "fault": "no_value",
+                                                  "quantities": ["1-0:16.7.0"]}) as r:
+                assert r.status == 422 and "no value" in (await r.json())["error"]  # P declares none
             async with http.post("/faults", json={"device_id": target, "fault": "reset"}) as r:
                 assert (await r.json())["fault"] == "none"  # a reset is an event, not a state
             async with http.delete("/faults") as r:

@@ -2,12 +2,15 @@
 from __future__ import annotations
 
 import asyncio
+import math
 import time
+from dataclasses import replace
 
 import pytest
 
 from meterray.domain import FailureKind
 from protocols.modbus.client import (
+    ModbusBadResponseError,
     ModbusConnectError,
     ModbusConnectionLostError,
     ModbusEndpoint,
@@ -15,8 +18,9 @@ from protocols.modbus.client import (
     ModbusExceptionCodeError,
     ModbusTimeoutError,
 )
-from protocols.modbus.profiles import PROFILES
-from simulators.modbus_server import DeviceInfo, RunningSimulator
+from protocols.modbus.planner import plan_blocks
+from protocols.modbus.profiles import PROFILES, Profile
+from simulators.modbus_server import DeviceInfo, RunningSimulator, SimulatorConfig, serve
 from tests.simulators.support import FakeClock, free_port_range
 
 Sim = tuple[RunningSimulator, FakeClock]
@@ -29,8 +33,8 @@ def _device(sim: RunningSimulator, profile: str, port_index: int = 0, nth: int =
 
 
 async def _read(d: DeviceInfo, endpoint: ModbusEndpoint) -> dict[str, float]:
-    values, problems = await endpoint.read_device(PROFILES[d.profile], d.unit_id)
-    assert problems == []
+    values, missing = await endpoint.read_device(PROFILES[d.profile], d.unit_id)
+    assert missing == []
     return {v.quantity: v.value for v in values}
 
 
@@ -45,7 +49,8 @@ async def test_reads_plausible_values_and_growing_energy(sim: Sim, profile: str)
             assert 200 <= first[q] <= 260
         assert 49.5 <= first["1-0:14.7.0"] <= 50.5
         assert 0.85 <= first["1-0:13.7.0"] <= 1.0
-        assert 0 < first["1-0:1.7.0"] < 20_000  # a small business: a few kW
+        assert 0 < first["1-0:16.7.0"] < 20_000  # a small business importing a few kW: positive signed power
+        assert first["1-0:137.7.0"] >= abs(first["1-0:16.7.0"])  # |S| >= |P|
         clock.advance(900)  # a quarter of an hour later
         second = await _read(d, endpoint)
         assert second["1-0:1.8.0"] > first["1-0:1.8.0"]
@@ -120,19 +125,89 @@ async def test_drop_fault_loses_the_connection(sim: Sim) -> None:
     await endpoint.close()  # safe twice
 
 
-async def test_garbage_fault_gives_decode_problems(sim: Sim) -> None:
+async def test_garbage_fault_is_a_bad_response_carrying_the_raw_words(sim: Sim) -> None:
     running, _ = sim
-    for profile, reason in (("sdm630", "not a finite number"), ("wb-map3e", "meter reported its error value 0xFFFF")):
+    for profile in ("sdm630", "wb-map3e"):
         d = _device(running, profile, port_index=1, nth=1 if profile == "sdm630" else 0)
         async with ModbusEndpoint(d.host, d.port, TIMEOUT_S) as endpoint:
             running.set_fault(d.device_id, "garbage")
             try:
-                values, problems = await endpoint.read_device(PROFILES[profile], d.unit_id)
+                with pytest.raises(ModbusBadResponseError) as info:
+                    await endpoint.read_device(PROFILES[profile], d.unit_id)
             finally:
                 running.set_fault(d.device_id, "none")
-        assert values == []
-        assert len(problems) == len(PROFILES[profile].fields)
-        assert all(p.reason.startswith(reason) for p in problems)
+            assert await _read(d, endpoint)  # the same connection reads fine once the meter does
+        first = plan_blocks(PROFILES[profile])[0]
+        assert info.value.kind is FailureKind.BAD_RESPONSE
+        assert info.value.raw_words is not None
+        assert len(info.value.raw_words) == first.count + 1  # one register too many, kept for the dead letters
+        assert f"answer holds {first.count + 1} registers" in str(info.value)
+
+
+@pytest.mark.parametrize(("profile", "quantities", "expected_missing"), [
+    ("wb-map3e", None, {"1-0:32.7.0", "1-0:52.7.0", "1-0:72.7.0"}),  # the only fields with an error value
+    ("wb-map3e", ["1-0:52.7.0"], {"1-0:52.7.0"}),
+    ("sdm630", ["1-0:14.7.0", "1-0:36.7.0"], {"1-0:14.7.0", "1-0:36.7.0"}),  # NaN floats
+])
+async def test_no_value_fault_leaves_only_those_quantities_out(
+        sim: Sim, profile: str, quantities: list[str] | None, expected_missing: set[str]) -> None:
+    running, _ = sim
+    d = _device(running, profile, port_index=1, nth=1 if profile == "sdm630" else 0)
+    async with ModbusEndpoint(d.host, d.port, TIMEOUT_S) as endpoint:
+        running.set_fault(d.device_id, "no_value", quantities=quantities)
+        try:
+            values, missing = await endpoint.read_device(PROFILES[profile], d.unit_id)
+        finally:
+            running.set_fault(d.device_id, "none")
+    assert {m.quantity for m in missing} == expected_missing
+    assert {v.quantity for v in values} == {f.quantity for f in PROFILES[profile].fields} - expected_missing
+    assert all(math.isfinite(v.value) for v in values)
+
+
+@pytest.mark.parametrize(("meter", "read_as", "code"), [
+    ("wb-map3e", "sdm630", 3),  # 80 registers from 0x0000: over the WB-MAP3E's 60 (and not its map)
+    ("sdm630", "wb-map3e", 2),  # 0x10BC: no register of an SDM630
+    ("wb-map3e", "wb-map3e-fw1", 2),  # the legacy Urms at 0x10D9: not in the fw2 map
+    ("wb-map3e-fw1", "wb-map3e", 2),  # fw2's "Total PF" at 0x10BC: not in the legacy map
+])
+async def test_a_wrong_profile_fails_visibly(meter: str, read_as: str, code: int) -> None:
+    base = free_port_range(1)
+    running = await serve(SimulatorConfig(base_port=base, profiles=(meter,), control_port=0))
+    try:
+        async with ModbusEndpoint("127.0.0.1", base, TIMEOUT_S) as endpoint:
+            with pytest.raises(ModbusExceptionCodeError) as info:
+                await endpoint.read_device(PROFILES[read_as], 1)
+            assert (info.value.code, info.value.kind, info.value.retriable) == (code, FailureKind.EXCEPTION_CODE, False)
+            values, missing = await endpoint.read_device(PROFILES[meter], 1)  # the right profile reads it
+            assert missing == [] and len(values) == len(PROFILES[meter].fields)
+    finally:
+        await running.stop()
+
+
+async def test_an_off_by_one_register_map_fails_visibly(sim: Sim) -> None:
+    # The Eastron numbering trap: 30001-style numbers taken as addresses, one register late. The
+    # meter refuses reads that start inside a float (v1.8 §3.11) instead of answering shifted words.
+    running, _ = sim
+    d = _device(running, "sdm630")
+    sdm = PROFILES["sdm630"]
+    shifted = Profile("sdm630-shifted", 4, "big", 80, tuple(replace(f, address=f.address + 1) for f in sdm.fields[:-1]))
+    async with ModbusEndpoint(d.host, d.port, TIMEOUT_S) as endpoint:
+        with pytest.raises(ModbusExceptionCodeError) as info:
+            await endpoint.read_device(shifted, d.unit_id)
+    assert info.value.code == 2
+
+
+async def test_requests_over_the_limit_or_off_the_map_are_refused(sim: Sim) -> None:
+    running, _ = sim
+    d = _device(running, "sdm630")
+    async with ModbusEndpoint(d.host, d.port, TIMEOUT_S) as endpoint:
+        assert len(await endpoint.read_registers(d.unit_id, 4, 0, 80)) == 80  # the SDM630's limit
+        with pytest.raises(ModbusExceptionCodeError) as over:
+            await endpoint.read_registers(d.unit_id, 4, 0, 82)
+        with pytest.raises(ModbusExceptionCodeError) as off:
+            await endpoint.read_registers(d.unit_id, 4, 0x0050, 2)
+    assert (over.value.code, off.value.code) == (3, 2)
+    assert "illegal data value" in str(over.value) and "illegal data address" in str(off.value)
 
 
 async def test_reset_fault_makes_the_counter_go_down(sim: Sim) -> None:

@@ -6,6 +6,7 @@ import pytest
 from meterray.quantities import QUANTITIES
 from protocols.modbus.profiles import (
     PROFILES,
+    WB_CONTINUOUS_READ_MAX_HOLE,
     DType,
     Field,
     Profile,
@@ -21,7 +22,7 @@ def _profile(*fields: Field, **kw: object) -> Profile:
 
 
 def test_shipped_profiles_use_the_vocabulary() -> None:
-    assert set(PROFILES) == {"sdm630", "wb-map3e"}
+    assert set(PROFILES) == {"sdm630", "wb-map3e", "wb-map3e-fw1"}
     for profile in PROFILES.values():
         assert profile.function_code == 4
         for f in profile.fields:
@@ -30,26 +31,105 @@ def test_shipped_profiles_use_the_vocabulary() -> None:
 
 def test_sdm630_table() -> None:
     p = PROFILES["sdm630"]
-    assert (p.word_order, p.max_read_registers) == ("big", 125)
-    assert all(f.dtype is DType.F32 and f.scale == 1.0 for f in p.fields)
-    assert p.field_for("1-0:32.7.0").address == 0x0000
-    assert p.field_for("1-0:1.7.0").address == 0x0034
-    assert p.field_for("1-0:14.7.0").address == 0x0046
-    assert p.field_for("1-0:1.8.0").address == 0x0048
+    # Protocol v1.8 §1.1: at most 40 values = 80 registers per request.
+    assert (p.word_order, p.max_read_registers, p.max_hole, p.alignment) == ("big", 80, 0, 2)
+    assert all(f.dtype is DType.F32 and f.scale == 1.0 and f.error_value is None for f in p.fields)
+    assert p.field_for("1-0:32.7.0").address == 0x0000  # 30001 phase 1 line to neutral volts
+    assert p.field_for("1-0:36.7.0").address == 0x000C  # 30013 phase 1 power (signed)
+    assert p.field_for("1-0:16.7.0").address == 0x0034  # 30053 total system power (signed)
+    assert p.field_for("1-0:137.7.0").address == 0x0038  # 30057 total system volt amps
+    assert p.field_for("1-0:131.7.0").address == 0x003C  # 30061 total system VAr (signed)
+    assert p.field_for("1-0:14.7.0").address == 0x0046  # 30071 frequency
+    assert p.field_for("1-0:1.8.0").address == 0x0048  # 30073 import kWh
     assert max(f.end for f in p.fields) == 0x0050  # whole meter inside 0x0000..0x004F
 
 
-def test_wb_map3e_table() -> None:
-    p = PROFILES["wb-map3e"]
-    assert (p.word_order, p.max_read_registers) == ("little", 60)
-    urms = p.field_for("1-0:32.7.0")
-    assert (urms.address, urms.dtype, urms.scale, urms.error_value) == (0x10D9, DType.U16, 0.01, 0xFFFF)
-    energy = p.field_for("1-0:1.8.0")
-    assert (energy.address, energy.dtype, energy.scale) == (0x1200, DType.U64, 3.125e-6)
-    assert energy.error_value == 0xFFFF_FFFF_FFFF_FFFF and energy.word_order is None  # profile's "little"
-    power = p.field_for("1-0:1.7.0")
-    assert (power.address, power.dtype, power.error_value, power.word_order) == (0x1300, DType.S32, 0xFFFFFFFF, "big")
-    assert p.field_for("1-0:13.7.0").address == 0x10BC  # total PF, just before PF L1..L3 at 0x10BD..
+# wirenboard/wb-mqtt-serial templates/config-map3e-fw2.json, channel by channel:
+# (OBIS, template channel name, address, format, scale, word order, error_value)
+WB_FW2_TEMPLATE = {
+    ("1-0:13.7.0", "Total PF", 0x10BC, DType.S16, 0.001, None, None),
+    ("1-0:14.7.0", "Frequency", 0x10F8, DType.U16, 0.01, None, None),
+    ("1-0:1.8.0", "Total AP energy", 0x1200, DType.U64, 1e-5, "little", None),
+    ("1-0:21.8.0", "AP energy L1", 0x1204, DType.U64, 1e-5, "little", None),
+    ("1-0:41.8.0", "AP energy L2", 0x1208, DType.U64, 1e-5, "little", None),
+    ("1-0:61.8.0", "AP energy L3", 0x120C, DType.U64, 1e-5, "little", None),
+    ("1-0:2.8.0", "Total AN energy", 0x1210, DType.U64, 1e-5, "little", None),
+    ("1-0:3.8.0", "Total RP energy", 0x1220, DType.U64, 1e-5, "little", None),
+    ("1-0:4.8.0", "Total RN energy", 0x1230, DType.U64, 1e-5, "little", None),
+    ("1-0:16.7.0", "Total P", 0x1300, DType.S32, 0.00512, None, None),
+    ("1-0:36.7.0", "P L1", 0x1302, DType.S32, 0.00512, None, None),
+    ("1-0:56.7.0", "P L2", 0x1304, DType.S32, 0.00512, None, None),
+    ("1-0:76.7.0", "P L3", 0x1306, DType.S32, 0.00512, None, None),
+    ("1-0:131.7.0", "Total Q", 0x1308, DType.S32, 0.00512, None, None),
+    ("1-0:137.7.0", "Total S", 0x1310, DType.S32, 0.00512, None, None),
+    ("1-0:32.7.0", "Urms L1", 0x1410, DType.U32, 1.52588e-7, None, 0xFFFFFFFF),
+    ("1-0:52.7.0", "Urms L2", 0x1412, DType.U32, 1.52588e-7, None, 0xFFFFFFFF),
+    ("1-0:72.7.0", "Urms L3", 0x1414, DType.U32, 1.52588e-7, None, 0xFFFFFFFF),
+    ("1-0:31.7.0", "Irms L1", 0x1416, DType.U32, 2.44141e-7, None, None),
+    ("1-0:51.7.0", "Irms L2", 0x1418, DType.U32, 2.44141e-7, None, None),
+    ("1-0:71.7.0", "Irms L3", 0x141A, DType.U32, 2.44141e-7, None, None),
+}
+
+# templates/config-map3e.json (legacy firmware, group g-wb-old): no error values on these channels.
+WB_FW1_TEMPLATE = {
+    ("1-0:32.7.0", "Urms L1", 0x10D9, DType.U16, 0.01, None, None),
+    ("1-0:52.7.0", "Urms L2", 0x10DA, DType.U16, 0.01, None, None),
+    ("1-0:72.7.0", "Urms L3", 0x10DB, DType.U16, 0.01, None, None),
+    ("1-0:31.7.0", "Irms L1", 0x10DD, DType.U16, 0.001, None, None),
+    ("1-0:51.7.0", "Irms L2", 0x10DE, DType.U16, 0.001, None, None),
+    ("1-0:71.7.0", "Irms L3", 0x10DF, DType.U16, 0.001, None, None),
+    ("1-0:14.7.0", "Frequency", 0x10F8, DType.U16, 0.01, None, None),
+    ("1-0:1.8.0", "Total AP energy", 0x1200, DType.U64, 3.125e-6, "little", None),
+    ("1-0:21.8.0", "AP energy L1", 0x1204, DType.U64, 3.125e-6, "little", None),
+    ("1-0:41.8.0", "AP energy L2", 0x1208, DType.U64, 3.125e-6, "little", None),
+    ("1-0:61.8.0", "AP energy L3", 0x120C, DType.U64, 3.125e-6, "little", None),
+    ("1-0:3.8.0", "Total RP energy", 0x1220, DType.U64, 3.125e-6, "little", None),
+    ("1-0:16.7.0", "Total P", 0x1300, DType.S32, 0.00032, None, None),
+    ("1-0:36.7.0", "P L1", 0x1302, DType.S32, 0.00032, None, None),
+    ("1-0:56.7.0", "P L2", 0x1304, DType.S32, 0.00032, None, None),
+    ("1-0:76.7.0", "P L3", 0x1306, DType.S32, 0.00032, None, None),
+    ("1-0:131.7.0", "Total Q", 0x1308, DType.S32, 0.00032, None, None),
+    ("1-0:137.7.0", "Total S", 0x1310, DType.S32, 0.00032, None, None),
+}
+
+
+@pytest.mark.parametrize(("name", "template"), [("wb-map3e", WB_FW2_TEMPLATE), ("wb-map3e-fw1", WB_FW1_TEMPLATE)])
+def test_wb_map3e_profiles_follow_the_vendor_templates(name: str, template: set[tuple[object, ...]]) -> None:
+    p = PROFILES[name]
+    # Both templates: "max_read_registers": 60; default word order big_endian, u64 counters little_endian.
+    assert (p.function_code, p.word_order, p.max_read_registers) == (4, "big", 60)
+    actual = {(f.quantity, f.address, f.dtype, f.scale, f.word_order, f.error_value) for f in p.fields}
+    assert actual == {(q, a, t, s, w, e) for q, _, a, t, s, w, e in template}
+
+
+def test_wb_holes_stay_within_wb_mqtt_serial_continuous_read() -> None:
+    for name in ("wb-map3e", "wb-map3e-fw1"):
+        # 0: meterray does not switch on continuous read (holding register 114); never above 10.
+        assert 0 <= PROFILES[name].max_hole <= WB_CONTINUOUS_READ_MAX_HOLE == 10
+
+
+def test_signed_fields_never_use_all_ones_as_error_value() -> None:
+    # A real -1 on a signed register is a value; Wiren Board's signed error values are 0x7FFF/0x7FFFFFFF.
+    for profile in PROFILES.values():
+        for f in profile.fields:
+            if f.error_value is not None and f.dtype in (DType.S16, DType.S32):
+                assert f.error_value in (0x7FFF, 0x7FFF_FFFF), (profile.name, f.quantity)
+
+
+def test_powers_carry_signed_obis_codes() -> None:
+    import_only = {"1-0:1.7.0", "1-0:21.7.0", "1-0:41.7.0", "1-0:61.7.0", "1-0:3.7.0", "1-0:9.7.0"}
+    for profile in PROFILES.values():
+        quantities = {f.quantity for f in profile.fields}
+        assert not quantities & import_only, profile.name  # every Modbus power register here is signed
+        assert {"1-0:16.7.0", "1-0:36.7.0", "1-0:56.7.0", "1-0:76.7.0", "1-0:131.7.0", "1-0:137.7.0"} <= quantities
+
+
+def test_holes_are_the_addresses_outside_fields_and_readable_ranges() -> None:
+    p = _profile(Field("1-0:1.8.0", 10, DType.U32), Field("1-0:2.8.0", 20, DType.U16), readable_ranges=((14, 18),))
+    assert p.holes(10, 21) == [(12, 14), (18, 20)]
+    assert p.holes(0, 10) == [(0, 10)]
+    assert p.holes(14, 18) == []
+    assert p.holes(11, 25) == [(12, 14), (18, 20), (21, 25)]
 
 
 def test_profiles_hash_and_compare_by_content() -> None:
@@ -70,6 +150,11 @@ def test_profiles_hash_and_compare_by_content() -> None:
         ((Field("1-0:1.8.0", 0, DType.F32),), {"max_read_registers": 126}, "max_read_registers"),
         ((Field("1-0:1.8.0", 0, DType.U64),), {"max_read_registers": 3}, "needs 4 registers"),
         ((Field("1-0:1.8.0", 0, DType.F32),), {"readable_ranges": ((5, 5),)}, "readable range"),
+        ((Field("1-0:1.8.0", 0, DType.F32),), {"max_hole": -1}, "max_hole"),
+        ((Field("1-0:1.8.0", 0, DType.F32),), {"max_hole": 125}, "max_hole"),
+        ((Field("1-0:1.8.0", 1, DType.F32),), {"alignment": 2}, "not aligned"),
+        ((Field("1-0:1.8.0", 0, DType.U16),), {"alignment": 2}, "not aligned"),
+        ((Field("1-0:1.8.0", 0, DType.F32),), {"alignment": 3}, "alignment"),
     ],
 )
 def test_profile_rejects_inconsistent_tables(fields: tuple[Field, ...], kw: dict[str, object], message: str) -> None:
