@@ -93,8 +93,13 @@ def _settings(settings: Settings, args: argparse.Namespace) -> int:
 
 def _register(settings: Settings, args: argparse.Namespace) -> int:
     from meterray.app.demo import register_manifest
+    from meterray.config import ConfigError
 
-    n = register_manifest(settings, args.manifest, args.interval, args.timeout)
+    try:
+        n = register_manifest(settings, args.manifest, args.interval, args.timeout)
+    except ConfigError as err:
+        print(f"nothing registered: {err}", file=sys.stderr)
+        return 2
     print(f"registered {n} Modbus connections from {args.manifest}")
     return 0
 

@@ -60,3 +60,17 @@ def read_topic(bootstrap: str, topic: str, timeout_s: float = 5.0) -> list[tuple
     finally:
         c.close()
     return out
+
+
+def all_devices(api: str, page_size: int = 100) -> list[dict[str, Any]]:
+    """Every device of `GET /api/v1/devices`, following `next_cursor` page by page."""
+    out: list[dict[str, Any]] = []
+    cursor = None
+    while True:
+        query = f"limit={page_size}" + (f"&cursor={cursor}" if cursor else "")
+        status, body = http("GET", f"{api}/api/v1/devices?{query}")
+        assert status == 200, body
+        out += body["devices"]
+        cursor = body["next_cursor"]
+        if cursor is None:
+            return out
