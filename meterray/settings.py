@@ -48,6 +48,7 @@ class Settings(BaseModel):
     ray_namespace: str = "meterray"
     ray_num_cpus: int = Field(2, ge=1)
     connections_per_shard: int = Field(250, ge=1)
+    reconcile_interval_s: float = Field(30.0, gt=0)  # the supervisor re-reads the connections this often too
     device_processors: int = Field(1, ge=1)
     pg_writers: int = Field(1, ge=1)
     log_level: str = "INFO"
