@@ -157,8 +157,9 @@ class ModbusShardCore:
             try:
                 await asyncio.get_running_loop().getaddrinfo(conn.host, conn.port, type=socket.SOCK_STREAM)
                 return conn
-            except socket.gaierror as err:
-                reason = f"host {conn.host!r} does not resolve ({err.strerror}); retrying every poll slot"
+            except (OSError, UnicodeError) as err:  # socket.gaierror is an OSError; an odd name can be either
+                reason = f"host {conn.host!r} does not resolve ({getattr(err, 'strerror', None) or err}); " \
+                         "retrying every poll slot"
                 await self._report_every_slot(conn, {d.device_id: reason for d in conn.devices},
                                               FailureKind.HOST_UNRESOLVED, once=True)
 
@@ -173,8 +174,8 @@ class ModbusShardCore:
             await asyncio.sleep(max(0.0, (slot - _now_ms()) / 1000))
             try:
                 await self._publish([], [self._failure(d, slot, conn, kind, r) for d, r in reasons.items()], [], conn)
-            except DeliveryError as err:
-                log.warning("%s: Kafka did not take the %s failures: %s", conn.connection_id, kind, err)
+            except Exception as err:  # reporting must never end this connection's task (nor the shard)
+                log.warning("%s: could not publish the %s failures: %s", conn.connection_id, kind, err)
             if once:
                 return
             await asyncio.sleep(0.001)  # the next slot, not this one again

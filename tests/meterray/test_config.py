@@ -1,8 +1,15 @@
 """The configuration edge (meterray.config): what `meterray register` and storage refuse, and how they say it."""
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
 import pytest
 
 from meterray.config import ConfigError, connection_problems, validate_connections
 from meterray.domain import DeviceSpec, ModbusConnection
+from meterray.settings import REPO_ROOT
 
 PROFILES = {"sdm630", "wb-map3e"}
 
@@ -89,3 +96,20 @@ def test_stored_connection_problems_are_split_per_device() -> None:
     bad_interval = ModbusConnection("gw", "10.0.0.5", 502, 0.0001, 0.00005, (DeviceSpec("ok", "sdm630", 1),))
     conn_level, per_device = connection_problems(bad_interval, PROFILES)
     assert per_device == {} and any(p.startswith("poll_interval_s") for p in conn_level)
+
+
+def test_register_command_refuses_a_bad_manifest_before_storing_anything(tmp_path: Path) -> None:
+    manifest = tmp_path / "manifest.json"
+    manifest.write_text(json.dumps([
+        {"device_id": "m-1", "host": "127.0.0.1", "port": 15020, "unit_id": 1, "profile": "sdm360"},
+        {"device_id": "m-2", "host": "127.0.0.1", "port": 15020, "unit_id": 250, "profile": "sdm630"},
+    ]))
+    # A DSN nobody answers on: the refusal must come before any connection to PostgreSQL.
+    env = {"PATH": os.environ["PATH"], "PYTHONPATH": str(REPO_ROOT), "METERRAY_PG_PORT": "1"}
+    out = subprocess.run([sys.executable, "-m", "meterray.app.cli", "register", str(manifest), "--interval", "0.01"],
+                         env=env, capture_output=True, text=True, timeout=60, cwd=REPO_ROOT)
+    assert out.returncode == 2, out.stderr
+    assert out.stderr.startswith("nothing registered: invalid Modbus configuration:")
+    assert "unknown profile 'sdm360'; known profiles: " in out.stderr and "sdm630" in out.stderr
+    assert "unit id 250 is reserved" in out.stderr
+    assert "poll_interval_s: Input should be greater than or equal to 0.1" in out.stderr
