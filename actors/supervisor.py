@@ -53,6 +53,7 @@ PING_TIMEOUT_S = 10.0
 STOP_TIMEOUT_S = 20.0
 RECONCILE_DEBOUNCE_S = 0.2  # one registration is several statements (and NOTIFYs): read once after them
 LISTEN_CHECK_S = 5.0  # how often the listening connection is checked
+LISTEN_APPLICATION_NAME = "meterray-supervisor-listen"  # how its session shows in pg_stat_activity
 
 
 def _shard_index(name: str) -> int:
@@ -197,7 +198,8 @@ class Supervisor:
             lost = asyncio.Event()
             conn = None
             try:
-                conn = await asyncpg.connect(self._settings.pg_dsn)
+                conn = await asyncpg.connect(self._settings.pg_dsn,
+                                             server_settings={"application_name": LISTEN_APPLICATION_NAME})
                 conn.add_termination_listener(lambda _c, lost=lost: lost.set())
                 await conn.add_listener(CONFIG_CHANNEL, lambda *_: self._wake.set())
                 self._wake.set()  # whatever changed while nobody listened

@@ -22,6 +22,7 @@ import asyncpg
 import pytest
 import ray
 
+from actors.supervisor import LISTEN_APPLICATION_NAME
 from meterray.domain import DeviceSpec, ModbusConnection
 from meterray.settings import Settings
 from storage.postgres import devices as device_repo
@@ -201,3 +202,28 @@ def test_bad_connections_fail_alone_with_a_reason(runtime: dict, extra_meters: l
     finally:
         _db(settings, device_repo.delete_connections, ["bad-mix", "bad-dns"])
         sql(settings.pg_dsn, "DELETE FROM devices.profiles WHERE name = 'retired-meter'")
+
+
+def test_a_lost_listening_connection_is_reopened_and_changes_still_apply(runtime: dict,
+                                                                         extra_meters: list[dict]) -> None:
+    from meterray.app.demo import manifest_connections
+
+    settings = runtime["settings"]
+    # Cut the supervisor's LISTEN session, as a PostgreSQL restart or a network drop would.
+    listening = ("SELECT pid FROM pg_stat_activity WHERE datname = current_database()"
+                 f" AND application_name = '{LISTEN_APPLICATION_NAME}'")
+    old = {r["pid"] for r in sql(settings.pg_dsn, listening)}
+    assert len(old) == 1, "the supervisor listens on one session of its own"
+    sql(settings.pg_dsn, "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE pid = ANY($1::int[])",
+        list(old))
+    wait_for(lambda: {r["pid"] for r in sql(settings.pg_dsn, listening)} - old, 20, "the supervisor to listen again")
+    extra = manifest_connections(extra_meters, POLL_INTERVAL_S, 0.5, prefix="relisten-")[:1]
+    try:
+        registered = time.monotonic()
+        _db(settings, device_repo.save_modbus_connections, extra)
+        # Well inside the reconcile timer (30 s): the NOTIFY reached the new session.
+        wait_for(lambda: _status(runtime)["last_change"].get("added") == [extra[0].connection_id], 10,
+                 "the supervisor to apply a change signalled after the reconnect")
+        print(f"\nchange applied {time.monotonic() - registered:.1f} s after it was stored (after a reconnect)")
+    finally:
+        _db(settings, device_repo.delete_connections, [c.connection_id for c in extra])
