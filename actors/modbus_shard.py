@@ -134,8 +134,8 @@ class ModbusShardCore:
     async def _usable_part(self, conn: ModbusConnection) -> ModbusConnection:
         """The devices of `conn` that can be polled, once its host resolves.
 
-        Stored configuration the code cannot use (a profile it no longer knows, a unit id or interval
-        stored before the constraints existed: meterray.config) fails only the devices it concerns,
+        Stored configuration the code cannot use (a profile it no longer knows, an interval no loop can
+        run, stored before the constraints existed: meterray.config) fails only the devices it concerns,
         with a CONFIGURATION failure and its reason on every slot, so the API shows why; when no
         device is usable this never returns (until the assignment changes). A host name that does
         not resolve fails every device with HOST_UNRESOLVED until it does. Nothing here raises, so

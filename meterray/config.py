@@ -18,6 +18,7 @@ Modbus unit ids:
 from __future__ import annotations
 
 import ipaddress
+import math
 import re
 from collections.abc import Collection, Iterable, Sequence
 from typing import Annotated, Any
@@ -176,20 +177,26 @@ def validate_connections(items: Iterable[ModbusConnection | dict[str, Any]],
 def connection_problems(c: ModbusConnection, profiles: Collection[str]) -> tuple[list[str], dict[str, str]]:
     """For a connection already stored: (problems of the connection itself, device id → its own problem).
 
-    A poll loop uses this to refuse only what is wrong: a device with an unknown profile fails alone,
-    a connection with an impossible interval fails all its devices; nothing raises.
+    Only what makes polling impossible: a profile the code does not know (nothing can decode the
+    device), a unit id that does not fit the one-byte MBAP field, a port outside TCP's range, an
+    interval or timeout that cannot drive a poll loop. Rows stored before the edge rules that are only
+    unwise (a reserved unit id, an id with a space, a timeout as long as the interval) keep polling: an
+    upgrade must not stop what worked. A poll loop uses this to fail only the devices concerned; it
+    never raises.
     """
-    try:
-        ModbusConnectionConfig.of(c, profiles)
-        return [], {}
-    except ValidationError as err:
-        conn_level: list[str] = []
-        per_device: dict[str, str] = {}
-        for e in err.errors():
-            loc = e["loc"]
-            msg = str(e["msg"]).removeprefix("Value error, ")
-            if len(loc) >= 2 and loc[0] == "devices" and isinstance(loc[1], int) and loc[1] < len(c.devices):
-                per_device[c.devices[loc[1]].device_id] = f"{'.'.join(map(str, loc[2:]))}: {msg}"
-            else:
-                conn_level.append(f"{'.'.join(map(str, loc)) + ': ' if loc else ''}{msg}")
-        return conn_level, per_device
+    conn_level: list[str] = []
+    if not (math.isfinite(c.poll_interval_s) and c.poll_interval_s >= MIN_POLL_INTERVAL_S):
+        conn_level.append(f"poll_interval_s {c.poll_interval_s} cannot drive a poll loop; "
+                          f"set {MIN_POLL_INTERVAL_S}..{MAX_POLL_INTERVAL_S:g} s")
+    if not (math.isfinite(c.timeout_s) and c.timeout_s > 0):
+        conn_level.append(f"timeout_s {c.timeout_s} is not a usable timeout; set {MIN_TIMEOUT_S}..{MAX_TIMEOUT_S:g} s")
+    if not 1 <= c.port <= 65535:
+        conn_level.append(f"port {c.port} is not a TCP port (1..65535)")
+    per_device: dict[str, str] = {}
+    for d in c.devices:
+        if d.profile not in profiles:
+            per_device[d.device_id] = (f"unknown profile {d.profile!r}; known profiles: "
+                                       f"{', '.join(sorted(profiles)) or '(none)'}")
+        elif not 0 <= d.unit_id <= 255:
+            per_device[d.device_id] = f"unit id {d.unit_id} does not fit Modbus's one-byte unit identifier (0..255)"
+    return conn_level, per_device

@@ -524,7 +524,8 @@ main() {
   for s in "$@"; do
     has "$s" "${ALL_SERVICES[@]}" || { echo "unknown service: $s" >&2; usage; }
   done
-  load_ports
+  # `down` goes by pid files only: it works even when the settings or the virtualenv are gone.
+  [[ $cmd == down ]] || load_ports
   mkdir -p "$LOGDIR" "$RUNDIR"
   case $cmd in
     up) cmd_up "$@" ;;
