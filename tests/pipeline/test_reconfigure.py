@@ -25,6 +25,7 @@ import ray
 from actors.supervisor import LISTEN_APPLICATION_NAME
 from meterray.domain import DeviceSpec, ModbusConnection
 from meterray.settings import Settings
+from protocols.modbus.profiles import PROFILES
 from storage.postgres import devices as device_repo
 from tests.conftest import POLL_INTERVAL_S, SIM_BASE_PORT, wait_for
 from tests.pipeline.helpers import all_devices, sql
@@ -188,7 +189,7 @@ def test_bad_connections_fail_alone_with_a_reason(runtime: dict, extra_meters: l
 
         devices = wait_for(reasons, 60, "the bad devices to go offline with their reason, the good one online")
         assert "unknown profile 'retired-meter'" in devices["bad-mix-gone"]["last_failure"]
-        assert "known profiles: sdm630" in devices["bad-mix-gone"]["last_failure"]
+        assert f"known profiles: {', '.join(sorted(PROFILES))}" in devices["bad-mix-gone"]["last_failure"]
         assert "'no-such-meter.invalid' does not resolve" in devices["bad-dns-1"]["last_failure"]
         # Every other meter goes on, and no shard restarted (no crash, no restart loop).
         since = datetime.now(timezone.utc)
