@@ -9,17 +9,21 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import os
+import socket
 import struct
 import time
 import zlib
 from collections import deque
 from collections.abc import Iterable
+from dataclasses import replace
 
 import ray
 
 from actors import metrics
 from meterray.backoff import Backoff
+from meterray.config import connection_problems
 from meterray.domain import FailureKind, ModbusConnection, PollFailure, ReadingBatch
 from meterray.settings import Settings
 from protocols.modbus.client import ModbusEndpoint, ModbusError
@@ -92,6 +96,7 @@ class ModbusShardCore:
         self._tasks.clear()
 
     async def _poll_connection(self, conn: ModbusConnection) -> None:
+        conn = await self._usable_part(conn)  # bad configuration fails per device, typed, and never raises
         interval_ms = int(conn.poll_interval_s * 1000)
         phase_ms = zlib.crc32(conn.connection_id.encode()) % interval_ms
         endpoint = ModbusEndpoint(conn.host, conn.port, conn.timeout_s)
@@ -126,6 +131,55 @@ class ModbusShardCore:
                     slot = _next_slot(_now_ms() + backoff.next_delay() * 1000, interval_ms, phase_ms)
         finally:
             await endpoint.close()
+
+    async def _usable_part(self, conn: ModbusConnection) -> ModbusConnection:
+        """The devices of `conn` that can be polled, once its host resolves.
+
+        Stored configuration the code cannot use (a profile it no longer knows, an interval no loop can
+        run, stored before the constraints existed: meterray.config) fails only the devices it concerns,
+        with a CONFIGURATION failure and its reason on every slot, so the API shows why; when no
+        device is usable this never returns (until the assignment changes). A host name that does
+        not resolve fails every device with HOST_UNRESOLVED until it does. Nothing here raises, so
+        a bad connection never kills the shard's other connections or sends it into a restart loop.
+        """
+        problems, per_device = connection_problems(conn, PROFILES.keys())
+        unusable = ({d.device_id: "; ".join(problems) for d in conn.devices} if problems else per_device)
+        if unusable:
+            log.warning("%s: refusing %d device(s): %s", conn.connection_id, len(unusable), unusable)
+            report = asyncio.create_task(self._report_every_slot(conn, unusable, FailureKind.CONFIGURATION),
+                                         name=f"modbus-config:{conn.connection_id}")
+            if len(unusable) == len(conn.devices):
+                await report  # runs until this connection's task is cancelled
+            this = asyncio.current_task()
+            assert this is not None
+            this.add_done_callback(lambda _: report.cancel())
+            conn = replace(conn, devices=tuple(d for d in conn.devices if d.device_id not in unusable))
+        while True:
+            try:
+                await asyncio.get_running_loop().getaddrinfo(conn.host, conn.port, type=socket.SOCK_STREAM)
+                return conn
+            except (OSError, UnicodeError) as err:  # socket.gaierror is an OSError; an odd name can be either
+                reason = f"host {conn.host!r} does not resolve ({getattr(err, 'strerror', None) or err}); " \
+                         "retrying every poll slot"
+                await self._report_every_slot(conn, {d.device_id: reason for d in conn.devices},
+                                              FailureKind.HOST_UNRESOLVED, once=True)
+
+    async def _report_every_slot(self, conn: ModbusConnection, reasons: dict[str, str], kind: FailureKind,
+                                 once: bool = False) -> None:
+        # An interval the configuration got wrong is not trusted for reporting: 1 s .. 60 s.
+        interval_s = conn.poll_interval_s if math.isfinite(conn.poll_interval_s) else 60.0
+        interval_ms = int(min(max(interval_s, 1.0), 60.0) * 1000)
+        phase_ms = zlib.crc32(conn.connection_id.encode()) % interval_ms
+        while True:
+            slot = _next_slot(_now_ms(), interval_ms, phase_ms)
+            await asyncio.sleep(max(0.0, (slot - _now_ms()) / 1000))
+            try:
+                await self._publish([], [self._failure(d, slot, conn, kind, r) for d, r in reasons.items()], [], conn)
+            except Exception as err:  # reporting must never end this connection's task (nor the shard)
+                log.warning("%s: could not publish the %s failures: %s", conn.connection_id, kind, err)
+            if once:
+                return
+            await asyncio.sleep(0.001)  # the next slot, not this one again
 
     async def _poll_cycle(self, conn: ModbusConnection, endpoint: ModbusEndpoint, slot: int) -> bool:
         """Read every device once; returns False when the endpoint must be reconnected."""

@@ -3,14 +3,32 @@
 It reads the Modbus connections from PostgreSQL, spreads them over ModbusShard actors, runs the
 device processors and PostgreSQL writers, and watches them all: a child that dies or stops answering
 is replaced by a fresh actor with the same assignment (its state lives in Kafka and PostgreSQL).
+
+Reconciling: a trigger on devices.connections / devices.devices NOTIFYs `CONFIG_CHANNEL`; the
+supervisor LISTENs, and also re-reads on a timer (`reconcile_interval_s`, which covers a lost
+listening connection), then applies only the difference: a shard whose connections did not change
+is not called at all, and ModbusShardCore.assign keeps the untouched connections of a called shard
+running. So a change touches only the connections it changes.
+
+Placement is sticky (`place`): a connection stays on the shard it was given for the supervisor's
+life; a new one goes to the least-loaded shard with room (`connections_per_shard`), a new shard when
+all are full. Adding, changing or removing one connection moves no other. The trade-off against a
+pure hash of the connection id (DESIGN.md): a hash over a fixed shard count is stateless (any process
+can compute where a connection runs) but its balance is only statistical — with few connections per
+shard it leaves shards empty or doubled, and a shard count that follows the number of connections
+moves about 1/N of them whenever it changes. Sticky placement is balanced and never moves anything;
+its state needs no persistence, because the children die with the supervisor (Ray fate-sharing),
+and a rebuilt supervisor places every connection afresh by the same rule (id order).
 """
 from __future__ import annotations
 
 import asyncio
 import logging
 import os
+import re
 import time
-from collections.abc import Awaitable
+from collections import Counter, defaultdict
+from collections.abc import Awaitable, Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -24,14 +42,43 @@ from actors.modbus_shard import ModbusShard
 from actors.pg_writer import PgWriter
 from meterray.domain import ModbusConnection
 from meterray.settings import Settings
-from storage.postgres.devices import load_modbus_connections
+from storage.postgres.devices import CONFIG_CHANNEL, load_modbus_connections
 
 log = logging.getLogger(__name__)
 
 SUPERVISOR_NAME = "supervisor"
+SHARD_PREFIX = "modbus-shard-"
 WATCH_INTERVAL_S = 1.0
 PING_TIMEOUT_S = 10.0
 STOP_TIMEOUT_S = 20.0
+RECONCILE_DEBOUNCE_S = 0.2  # one registration is several statements (and NOTIFYs): read once after them
+LISTEN_CHECK_S = 5.0  # how often the listening connection is checked
+LISTEN_APPLICATION_NAME = "meterray-supervisor-listen"  # how its session shows in pg_stat_activity
+
+
+def _shard_index(name: str) -> int:
+    m = re.fullmatch(re.escape(SHARD_PREFIX) + r"(\d+)", name)
+    return int(m.group(1)) if m else 1 << 30
+
+
+def place(previous: Mapping[str, str], wanted: Collection[str], shards: Sequence[str],
+          capacity: int) -> dict[str, str]:
+    """Connection id → shard name. Placed connections stay where they are; new ones (in id order) go to
+    the least-loaded shard with room (lowest index on a tie), or to a new shard when all are full."""
+    placed = {cid: shard for cid, shard in previous.items() if cid in wanted}
+    names = sorted(set(shards) | set(placed.values()), key=_shard_index)
+    load = Counter(placed.values())
+    for cid in sorted(set(wanted) - placed.keys()):
+        room = [s for s in names if load[s] < capacity]
+        if room:
+            shard = min(room, key=lambda s: (load[s], _shard_index(s)))
+        else:
+            used = {_shard_index(s) for s in names}
+            shard = f"{SHARD_PREFIX}{min(i for i in range(len(names) + 1) if i not in used)}"
+            names.append(shard)
+        placed[cid] = shard
+        load[shard] += 1
+    return placed
 
 
 @dataclass(slots=True)
@@ -43,6 +90,8 @@ class Child:
     handle: ActorHandle | None = None
     restarts: int = 0
     last_ping: dict[str, Any] = field(default_factory=dict)
+    started: int = 0  # connection tasks the shard started / stopped on our assign calls, all time
+    stopped: int = 0
 
 
 @ray.remote(num_cpus=0, max_restarts=-1, max_task_retries=-1)
@@ -52,8 +101,14 @@ class Supervisor:
         self._settings = settings
         self._children: dict[str, Child] = {}
         self._watcher: asyncio.Task[None] | None = None
+        self._background: list[asyncio.Task[None]] = []
         self._started_at = time.time()
         self._start_lock = asyncio.Lock()
+        self._apply_lock = asyncio.Lock()  # one reconcile (or shard relaunch) at a time
+        self._wake = asyncio.Event()
+        self._placement: dict[str, str] = {}  # connection id → shard name
+        self._reconciles = 0
+        self._last_reconcile: dict[str, Any] = {}
         if ray.get_runtime_context().was_current_actor_reconstructed:
             # Our children died with the old process: rebuild them without waiting for a caller.
             asyncio.get_running_loop().create_task(self.start())
@@ -66,27 +121,121 @@ class Supervisor:
         return await self.status()
 
     async def _build_children(self) -> None:
-        conn = await asyncpg.connect(self._settings.pg_dsn)
-        try:
-            connections = await load_modbus_connections(conn)
-        finally:
-            await conn.close()
+        connections = await self._load()
         s = self._settings
         for role, actor_class, count in (("device-processor", DeviceProcessor, s.device_processors),
                                          ("pg-writer", PgWriter, s.pg_writers)):
             for i in range(count):
                 self._children[f"{role}-{i}"] = Child(f"{role}-{i}", role, actor_class)
-        for i in range(0, len(connections), s.connections_per_shard):
-            name = f"modbus-shard-{i // s.connections_per_shard}"
-            self._children[name] = Child(name, "modbus-shard", ModbusShard, connections[i:i + s.connections_per_shard])
-        await asyncio.gather(*(self._launch(c) for c in self._children.values()))
+        others = list(self._children.values())
+        await asyncio.gather(*(self._launch(c) for c in others), self._apply(connections))
         self._watcher = asyncio.create_task(self._watch(), name="supervisor-watch")
+        self._background = [asyncio.create_task(self._listen(), name="supervisor-listen"),
+                            asyncio.create_task(self._reconcile_loop(), name="supervisor-reconcile")]
         log.info("supervisor started %d children for %d Modbus connections", len(self._children), len(connections))
+
+    async def _load(self) -> list[ModbusConnection]:
+        conn = await asyncpg.connect(self._settings.pg_dsn)
+        try:
+            return await load_modbus_connections(conn)
+        finally:
+            await conn.close()
+
+    async def reconcile(self) -> dict[str, Any]:
+        """Re-read the desired connections and apply only the difference; returns what changed."""
+        return await self._apply(await self._load())
+
+    async def _apply(self, connections: list[ModbusConnection]) -> dict[str, Any]:
+        async with self._apply_lock:
+            before = {c.connection_id: c for ch in self._shards() for c in ch.assignment}
+            wanted = {c.connection_id: c for c in connections}
+            self._placement = place(self._placement, wanted.keys(), [ch.name for ch in self._shards()],
+                                    self._settings.connections_per_shard)
+            by_shard: dict[str, list[ModbusConnection]] = defaultdict(list)
+            for cid in sorted(wanted):
+                by_shard[self._placement[cid]].append(wanted[cid])
+            calls: list[Awaitable[None]] = []
+            for name in sorted(set(by_shard) | {ch.name for ch in self._shards()}, key=_shard_index):
+                assignment = by_shard.get(name, [])
+                child = self._children.get(name)
+                if child is None:
+                    child = self._children[name] = Child(name, "modbus-shard", ModbusShard, assignment)
+                    calls.append(self._launch(child))
+                elif assignment != child.assignment:
+                    child.assignment = assignment
+                    calls.append(self._reassign(child))
+            await asyncio.gather(*calls)
+            summary = {
+                "at": time.time(),
+                "added": sorted(wanted.keys() - before.keys()),
+                "removed": sorted(before.keys() - wanted.keys()),
+                "changed": sorted(cid for cid in wanted.keys() & before.keys() if wanted[cid] != before[cid]),
+                "shards_called": len(calls),
+            }
+            self._reconciles += 1
+            if summary["added"] or summary["removed"] or summary["changed"]:
+                self._last_reconcile = summary
+                log.info("reconciled: %s", summary)
+            return summary
+
+    async def _reassign(self, child: Child) -> None:
+        try:
+            assert child.handle is not None
+            call: Any = child.handle.assign.remote(child.assignment)
+            result: dict[str, int] = await asyncio.wait_for(call, PING_TIMEOUT_S)
+            child.started += result["started"]
+            child.stopped += result["stopped"]
+        except (ray.exceptions.RayActorError, asyncio.TimeoutError, AssertionError) as err:
+            # The watcher replaces a dead shard, and its replacement starts with this new assignment.
+            log.warning("%s did not take its new assignment (%s); the watcher will replace it", child.name, err)
+
+    def _shards(self) -> list[Child]:
+        return [c for c in self._children.values() if c.role == "modbus-shard"]
+
+    async def _listen(self) -> None:
+        """LISTEN for configuration changes; reconnect after a lost connection (the timer covers the gap)."""
+        while True:
+            lost = asyncio.Event()
+            conn = None
+            try:
+                conn = await asyncpg.connect(self._settings.pg_dsn,
+                                             server_settings={"application_name": LISTEN_APPLICATION_NAME})
+                conn.add_termination_listener(lambda _c, lost=lost: lost.set())
+                await conn.add_listener(CONFIG_CHANNEL, lambda *_: self._wake.set())
+                self._wake.set()  # whatever changed while nobody listened
+                while not lost.is_set():
+                    try:
+                        await asyncio.wait_for(lost.wait(), LISTEN_CHECK_S)
+                    except asyncio.TimeoutError:
+                        await conn.fetchval("SELECT 1", timeout=LISTEN_CHECK_S)
+            except asyncio.CancelledError:
+                raise
+            except Exception as err:
+                log.warning("configuration listener lost (%s); reconnecting", err)
+            finally:
+                if conn is not None:
+                    conn.terminate()
+            await asyncio.sleep(1.0)
+
+    async def _reconcile_loop(self) -> None:
+        while True:
+            try:
+                await asyncio.wait_for(self._wake.wait(), self._settings.reconcile_interval_s)
+                await asyncio.sleep(RECONCILE_DEBOUNCE_S)
+            except asyncio.TimeoutError:
+                pass
+            self._wake.clear()
+            try:
+                await self.reconcile()
+            except Exception as err:  # PostgreSQL away: the next signal or tick tries again
+                log.warning("reconcile failed: %s", err)
 
     async def _launch(self, child: Child) -> None:
         child.handle = child.actor_class.remote(self._settings, child.name)
         if child.role == "modbus-shard":
-            await child.handle.assign.remote(child.assignment)
+            result = await child.handle.assign.remote(child.assignment)
+            child.started += result["started"]
+            child.stopped += result["stopped"]
         else:
             await child.handle.start.remote()
 
@@ -108,7 +257,8 @@ class Supervisor:
         child.restarts += 1
         metrics.count(metrics.actor_restarts(), 1, role=child.role)
         try:
-            await self._launch(child)
+            async with self._apply_lock:  # a reconcile in flight must not hand it an old assignment
+                await self._launch(child)
         except Exception as err:  # the next watch round tries again
             log.error("could not restart %s: %s", child.name, err)
 
@@ -116,9 +266,12 @@ class Supervisor:
         return {
             "pid": os.getpid(),
             "uptime_s": round(time.time() - self._started_at, 1),
+            "reconciles": self._reconciles,
+            "last_change": self._last_reconcile,
             "children": {
                 c.name: {"role": c.role, "connections": len(c.assignment), "restarts": c.restarts,
-                         "last_ping": c.last_ping}
+                         "connection_ids": [x.connection_id for x in c.assignment],
+                         "started": c.started, "stopped": c.stopped, "last_ping": c.last_ping}
                 for c in self._children.values()
             },
         }
@@ -127,8 +280,9 @@ class Supervisor:
         return [c.handle for c in self._children.values() if c.role == role and c.handle is not None]
 
     async def shutdown(self) -> None:
-        if self._watcher is not None:
-            self._watcher.cancel()
+        for task in [self._watcher, *self._background]:
+            if task is not None:
+                task.cancel()
         # Children flush their producers on stop; one that hangs must not hold the others up.
         stops: list[Awaitable[Any]] = [
             asyncio.wait_for(c.handle.stop.remote(), STOP_TIMEOUT_S) for c in self._children.values() if c.handle]

@@ -25,6 +25,8 @@ class FailureKind(StrEnum):
     EXCEPTION_CODE = "exception_code"  # the device answered a Modbus exception
     BAD_RESPONSE = "bad_response"  # an answer arrived but cannot be decoded
     AUTH = "auth"
+    CONFIGURATION = "configuration"  # the stored configuration cannot be used (e.g. a profile the code lacks)
+    HOST_UNRESOLVED = "host_unresolved"  # the connection's host name does not resolve (DNS)
 
 
 @dataclass(frozen=True, slots=True)

@@ -2,17 +2,24 @@
 
 Point meterray at existing servers instead of the local ones by setting, for example,
 `METERRAY_PG_DSN`, `METERRAY_KAFKA_BOOTSTRAP` or `METERRAY_CLICKHOUSE_URL`.
+
+One source of truth for the local services: their ports live here (`pg_port`, `kafka_port`,
+`kafka_controller_port`, `mqtt_port`); when `METERRAY_PG_DSN` / `METERRAY_KAFKA_BOOTSTRAP` are not
+set, the DSN and the bootstrap address are derived from them, and `scripts/services.sh` reads its
+ports from `meterray settings --shell`, so moving a port moves the server and every client together.
 """
 from __future__ import annotations
 
 import os
+import shlex
 from pathlib import Path
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 ENV_PREFIX = "METERRAY_"
+LOCAL_HOST = "127.0.0.1"  # the local services (scripts/services.sh) bind here only
 
 
 class SettingsError(ValueError):
@@ -23,8 +30,11 @@ class Settings(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
 
     var_dir: Path = REPO_ROOT / "var"
-    pg_dsn: str = "postgresql://meterray:meterray@127.0.0.1:5432/meterray"
-    kafka_bootstrap: str = "127.0.0.1:9092"
+    pg_port: int = Field(5432, ge=1, le=65535)  # the local PostgreSQL (scripts/services.sh)
+    kafka_port: int = Field(9092, ge=1, le=65535)  # the local Kafka broker
+    kafka_controller_port: int = Field(9093, ge=1, le=65535)  # its KRaft controller listener
+    pg_dsn: str = ""  # empty: the local server, postgresql://meterray:meterray@127.0.0.1:<pg_port>/meterray
+    kafka_bootstrap: str = ""  # empty: the local broker, 127.0.0.1:<kafka_port>
     kafka_topic_prefix: str = ""
     kafka_partitions: int = Field(4, ge=1, le=1024)
     mqtt_host: str = "127.0.0.1"
@@ -38,9 +48,31 @@ class Settings(BaseModel):
     ray_namespace: str = "meterray"
     ray_num_cpus: int = Field(2, ge=1)
     connections_per_shard: int = Field(250, ge=1)
+    reconcile_interval_s: float = Field(30.0, gt=0)  # the supervisor re-reads the connections this often too
     device_processors: int = Field(1, ge=1)
     pg_writers: int = Field(1, ge=1)
     log_level: str = "INFO"
+
+    @model_validator(mode="before")
+    @classmethod
+    def _derive_local_addresses(cls, data: Any) -> Any:
+        """An unset DSN / bootstrap points at the local services, on the ports set here."""
+        if isinstance(data, dict):
+            data = dict(data)
+            if not data.get("pg_dsn"):
+                port = data.get("pg_port", cls.model_fields["pg_port"].default)
+                data["pg_dsn"] = f"postgresql://meterray:meterray@{LOCAL_HOST}:{port}/meterray"
+            if not data.get("kafka_bootstrap"):
+                port = data.get("kafka_port", cls.model_fields["kafka_port"].default)
+                data["kafka_bootstrap"] = f"{LOCAL_HOST}:{port}"
+        return data
+
+    @model_validator(mode="after")
+    def _distinct_kafka_ports(self) -> "Settings":
+        if self.kafka_port == self.kafka_controller_port:
+            raise ValueError(f"METERRAY_KAFKA_PORT and METERRAY_KAFKA_CONTROLLER_PORT are both {self.kafka_port}; "
+                             "the broker and its controller need a port each")
+        return self
 
     @field_validator("pg_dsn")
     @classmethod
@@ -70,7 +102,8 @@ class Settings(BaseModel):
             return cls(**values)
         except ValidationError as err:
             problems = "; ".join(
-                f"{ENV_PREFIX}{'.'.join(map(str, e['loc'])).upper()}: {e['msg']}" for e in err.errors()
+                f"{ENV_PREFIX}{'.'.join(map(str, e['loc'])).upper()}: {e['msg']}" if e["loc"] else e["msg"]
+                for e in err.errors()
             )
             raise SettingsError(f"invalid settings: {problems}") from None
 
@@ -84,3 +117,12 @@ class Settings(BaseModel):
             netloc = parts.netloc.replace(f":{parts.password}@", ":***@")
             out["pg_dsn"] = urlunsplit(parts._replace(netloc=netloc))
         return out
+
+    def shell(self, names: list[str] | None = None) -> str:
+        """`METERRAY_<NAME>=value` lines a shell can `eval` (scripts/services.sh reads its ports so);
+        all settings, or only `names`; passwords masked."""
+        shown = self.redacted()
+        unknown = sorted(set(names or ()) - shown.keys())
+        if unknown:
+            raise SettingsError(f"no setting {', '.join(unknown)}; known: {', '.join(shown)}")
+        return "".join(f"{ENV_PREFIX}{name.upper()}={shlex.quote(str(shown[name]))}\n" for name in names or shown)

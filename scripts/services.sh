@@ -6,8 +6,10 @@
 #   scripts/services.sh up|down|status [postgres|kafka|mosquitto ...]   (no names = all)
 #
 # State lives under <repo>/var/ (data, var/log/*.log, var/run/*.pid, generated configs).
-# Ports (all bound to 127.0.0.1): METERRAY_PG_PORT=5432, METERRAY_KAFKA_PORT=9092,
-# METERRAY_KAFKA_CONTROLLER_PORT=9093, METERRAY_MQTT_PORT=1883.
+# Ports (all bound to 127.0.0.1) come from meterray's settings, the one source of truth
+# (`meterray settings --shell`, so METERRAY_PG_PORT moves the server and the DSN together):
+# METERRAY_PG_PORT=5432, METERRAY_KAFKA_PORT=9092, METERRAY_KAFKA_CONTROLLER_PORT=9093,
+# METERRAY_MQTT_PORT=1883. Needs the virtualenv (make install), or METERRAY_PYTHON=<python>.
 # `up` leaves alone anything already answering on a port (ours or an external server),
 # and waits until each service really works. `down` stops only what this script started.
 # Install the system packages first: scripts/system-deps.sh.
@@ -18,10 +20,6 @@ VAR=$ROOT/var
 LOGDIR=$VAR/log
 RUNDIR=$VAR/run
 
-PG_PORT=${METERRAY_PG_PORT:-5432}
-KAFKA_PORT=${METERRAY_KAFKA_PORT:-9092}
-KAFKA_CONTROLLER_PORT=${METERRAY_KAFKA_CONTROLLER_PORT:-9093}
-MQTT_PORT=${METERRAY_MQTT_PORT:-1883}
 HOST=127.0.0.1
 
 PG_TIMEOUT=${METERRAY_PG_TIMEOUT:-60}
@@ -32,7 +30,7 @@ KAFKA_POM=$ROOT/scripts/kafka/pom.xml
 KAFKA_DIR=$VAR/kafka
 KAFKA_LIBS=$KAFKA_DIR/libs
 MQTT_DIR=$VAR/mosquitto
-PYTHON=$ROOT/.venv/bin/python
+PYTHON=${METERRAY_PYTHON:-$ROOT/.venv/bin/python}
 
 ALL_SERVICES=(postgres kafka mosquitto)
 
@@ -125,6 +123,21 @@ fail_with_log() {
     [[ -z $cause ]] || printf '[services] likely cause: %s\n' "$cause" >&2
   fi
   exit 1
+}
+
+# load_ports: PG_PORT, KAFKA_PORT, KAFKA_CONTROLLER_PORT, MQTT_PORT from meterray's settings.
+load_ports() {
+  local out
+  [[ -x $PYTHON ]] || die "no Python at $PYTHON: run make install first (or set METERRAY_PYTHON)"
+  out=$(cd "$ROOT" && PYTHONPATH="$ROOT${PYTHONPATH:+:$PYTHONPATH}" "$PYTHON" -m meterray.app.cli \
+        settings --shell pg_port kafka_port kafka_controller_port mqtt_port) \
+    || die "meterray's settings are invalid (see above); fix the METERRAY_* variable it names"
+  local METERRAY_PG_PORT METERRAY_KAFKA_PORT METERRAY_KAFKA_CONTROLLER_PORT METERRAY_MQTT_PORT
+  eval "$out"
+  PG_PORT=$METERRAY_PG_PORT
+  KAFKA_PORT=$METERRAY_KAFKA_PORT
+  KAFKA_CONTROLLER_PORT=$METERRAY_KAFKA_CONTROLLER_PORT
+  MQTT_PORT=$METERRAY_MQTT_PORT
 }
 
 # ---------------------------------------------------------------- postgres
@@ -511,6 +524,8 @@ main() {
   for s in "$@"; do
     has "$s" "${ALL_SERVICES[@]}" || { echo "unknown service: $s" >&2; usage; }
   done
+  # `down` goes by pid files only: it works even when the settings or the virtualenv are gone.
+  [[ $cmd == down ]] || load_ports
   mkdir -p "$LOGDIR" "$RUNDIR"
   case $cmd in
     up) cmd_up "$@" ;;

@@ -46,10 +46,10 @@ def settings() -> Iterator[Settings]:
 
 @pytest.fixture(scope="session")
 def database(settings: Settings) -> Settings:
-    """The run's PostgreSQL database, migrated."""
-    from storage.postgres.migrate import migrate
+    """The run's PostgreSQL database, migrated, with the meter profiles the code knows."""
+    from meterray.app.runtime import migrate_database
 
-    asyncio.run(migrate(settings.pg_dsn))
+    migrate_database(settings.pg_dsn)
     return settings
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import subprocess
 import sys
 from collections.abc import Sequence
@@ -25,7 +26,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("names", nargs="*", help="postgres, kafka, mosquitto (default: all)")
 
     sub.add_parser("migrate", help="apply PostgreSQL migrations and create the Kafka topics")
-    sub.add_parser("settings", help="print the effective settings (passwords masked)")
+    p = sub.add_parser("settings", help="print the effective settings (passwords masked)")
+    p.add_argument("--shell", action="store_true", help="as METERRAY_<NAME>=value lines for `eval` in a shell")
+    p.add_argument("names", nargs="*", help="only these settings (e.g. pg_port kafka_port)")
 
     p = sub.add_parser("register", help="register the meters of a simulator manifest as Modbus connections")
     p.add_argument("manifest", help="JSON manifest written by `meterray simulate --manifest`")
@@ -61,7 +64,9 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _services(settings: Settings, args: argparse.Namespace) -> int:
-    return subprocess.call(["bash", str(REPO_ROOT / "scripts" / "services.sh"), args.action, *args.names])
+    # services.sh asks this same interpreter for its ports (`meterray settings --shell`).
+    env = {**os.environ, "METERRAY_PYTHON": sys.executable}
+    return subprocess.call(["bash", str(REPO_ROOT / "scripts" / "services.sh"), args.action, *args.names], env=env)
 
 
 def _migrate(settings: Settings, args: argparse.Namespace) -> int:
@@ -74,14 +79,27 @@ def _migrate(settings: Settings, args: argparse.Namespace) -> int:
 
 
 def _settings(settings: Settings, args: argparse.Namespace) -> int:
-    print(json.dumps(settings.redacted(), indent=2))
+    if args.shell:
+        try:
+            print(settings.shell(args.names), end="")
+        except SettingsError as err:
+            print(err, file=sys.stderr)
+            return 2
+        return 0
+    shown = settings.redacted()
+    print(json.dumps({k: shown[k] for k in args.names} if args.names else shown, indent=2))
     return 0
 
 
 def _register(settings: Settings, args: argparse.Namespace) -> int:
     from meterray.app.demo import register_manifest
+    from meterray.config import ConfigError
 
-    n = register_manifest(settings, args.manifest, args.interval, args.timeout)
+    try:
+        n = register_manifest(settings, args.manifest, args.interval, args.timeout)
+    except ConfigError as err:
+        print(f"nothing registered: {err}", file=sys.stderr)
+        return 2
     print(f"registered {n} Modbus connections from {args.manifest}")
     return 0
 

@@ -15,22 +15,31 @@ from pathlib import Path
 
 import asyncpg
 
-from meterray.domain import DeviceSpec, ModbusConnection
+from meterray.config import validate_connections
+from meterray.domain import ModbusConnection
 from meterray.settings import Settings
 
 SIM_PREFIX = "sim-"
 DEMO_BASE_PORT = 15020
 
 
-def manifest_connections(manifest: list[dict], interval_s: float, timeout_s: float) -> list[ModbusConnection]:
-    """Group a simulator manifest's meters by endpoint: one connection per TCP port."""
-    by_endpoint: dict[tuple[str, int], list[DeviceSpec]] = defaultdict(list)
+def manifest_connections(manifest: list[dict], interval_s: float, timeout_s: float,
+                         prefix: str = SIM_PREFIX) -> list[ModbusConnection]:
+    """Group a simulator manifest's meters by endpoint: one connection per TCP port.
+
+    Checked against the profiles this code knows (meterray.config): raises ConfigError naming every
+    problem (unknown profile and the known ones, reserved unit id, interval/timeout out of bounds).
+    """
+    from protocols.modbus.profiles import PROFILES
+
+    by_endpoint: dict[tuple[str, int], list[dict]] = defaultdict(list)
     for m in manifest:
-        by_endpoint[(m["host"], int(m["port"]))].append(DeviceSpec(m["device_id"], m["profile"], int(m["unit_id"])))
-    return [
-        ModbusConnection(f"{SIM_PREFIX}{host}:{port}", host, port, interval_s, timeout_s, tuple(devs))
-        for (host, port), devs in sorted(by_endpoint.items())
-    ]
+        by_endpoint[(m["host"], int(m["port"]))].append(
+            {"device_id": m["device_id"], "profile": m["profile"], "unit_id": m["unit_id"]})
+    return validate_connections(
+        [{"connection_id": f"{prefix}{host}:{port}", "host": host, "port": port, "poll_interval_s": interval_s,
+          "timeout_s": timeout_s, "devices": devs} for (host, port), devs in sorted(by_endpoint.items())],
+        PROFILES.keys())
 
 
 async def _register(settings: Settings, connections: list[ModbusConnection]) -> None:

@@ -39,9 +39,16 @@ def init_ray(settings: Settings, *, dashboard: bool = True) -> None:
 def prepare_stores(settings: Settings) -> dict[str, list[str]]:
     """Apply PostgreSQL migrations and create the Kafka topics (both idempotent)."""
     from storage.kafka.topics import ensure_topics
+
+    return {"migrations": migrate_database(settings.pg_dsn), "topics": ensure_topics(settings)}
+
+
+def migrate_database(dsn: str) -> list[str]:
+    """Apply PostgreSQL migrations and record which meter profiles this code knows (devices.profiles)."""
+    from protocols.modbus.profiles import PROFILES
     from storage.postgres.migrate import migrate
 
-    return {"migrations": asyncio.run(migrate(settings.pg_dsn)), "topics": ensure_topics(settings)}
+    return asyncio.run(migrate(dsn, profiles=PROFILES.keys()))
 
 
 def start_ingestion(settings: Settings) -> Any:

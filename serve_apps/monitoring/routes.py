@@ -1,26 +1,57 @@
 """Routers of the monitoring API; every query lives in storage.postgres."""
 from __future__ import annotations
 
+import base64
+import binascii
 from datetime import datetime, timedelta, timezone
 from typing import Annotated
 
 import asyncpg
+import orjson
 from fastapi import APIRouter, HTTPException, Query
 
+from meterray.domain import Quality
 from meterray.quantities import QUANTITIES
 from serve_apps.deps import Db
-from serve_apps.monitoring.schemas import CurrentReadings, DeviceOut, ReadingHistory, ReadingOut
+from serve_apps.monitoring.schemas import CurrentReadings, DeviceOut, DevicePage, ReadingHistory, ReadingOut
 from storage.postgres import devices as device_repo
 from storage.postgres import readings as readings_repo
 
 MAX_HISTORY_ROWS = 10_000
+MAX_DEVICE_PAGE = 1000
+_CURSOR_VERSION = 1
 
 devices_router = APIRouter(prefix="/api/v1/devices", tags=["devices"])
 
 
-@devices_router.get("", response_model=list[DeviceOut])
-async def list_devices(db: Db) -> list[DeviceOut]:
-    return [DeviceOut(**dict(r)) for r in await device_repo.list_devices(db)]
+@devices_router.get("", response_model=DevicePage)
+async def list_devices(
+    db: Db,
+    limit: Annotated[int, Query(ge=1, le=MAX_DEVICE_PAGE, description="devices per page")] = 100,
+    cursor: Annotated[str | None, Query(description="`next_cursor` of the previous page; omit for the first")] = None,
+) -> DevicePage:
+    """Devices in id order, a page at a time (keyset paging: stable while devices come and go)."""
+    after = _decode_cursor(cursor) if cursor else None
+    rows = await device_repo.list_devices(db, after, limit + 1)
+    page = [DeviceOut(**dict(r)) for r in rows[:limit]]
+    return DevicePage(devices=page, next_cursor=_encode_cursor(page[-1].id) if len(rows) > limit else None)
+
+
+def _encode_cursor(last_id: str) -> str:
+    # Opaque to clients: versioned JSON, base64url without padding.
+    return base64.urlsafe_b64encode(orjson.dumps({"v": _CURSOR_VERSION, "after": last_id})).decode().rstrip("=")
+
+
+def _decode_cursor(cursor: str) -> str:
+    try:
+        raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4))
+        data = orjson.loads(raw)
+        if isinstance(data, dict) and data.get("v") == _CURSOR_VERSION and isinstance(data.get("after"), str):
+            return str(data["after"])
+    except (binascii.Error, ValueError):
+        pass
+    raise HTTPException(422, "invalid cursor: pass the `next_cursor` of the previous page unchanged, "
+                             "or omit `cursor` for the first page")
 
 
 @devices_router.get("/{device_id}/readings/current", response_model=CurrentReadings)
@@ -59,7 +90,14 @@ async def _require_device(db: asyncpg.Pool, device_id: str) -> None:
 def _reading(r: asyncpg.Record) -> ReadingOut:
     q = QUANTITIES.get(r["quantity"])
     return ReadingOut(quantity=r["quantity"], name=q.name if q else r["quantity"], ts=r["ts"], value=r["value"],
-                      unit=r["unit"], quality=r["quality"])
+                      unit=r["unit"], quality=r["quality"], quality_flags=quality_flags(r["quality"]))
+
+
+def quality_flags(mask: int) -> list[str]:
+    """The names of the Quality flags set in `mask`, in bit order; a bit no flag names shows as BIT_<n>."""
+    names = [flag.name for flag in Quality if flag.value and mask & flag.value and flag.name]
+    unnamed = mask & ~sum(flag.value for flag in Quality)
+    return names + [f"BIT_{n}" for n in range(unnamed.bit_length()) if unnamed >> n & 1]
 
 
 def _utc(dt: datetime) -> datetime:

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from pydantic import BaseModel
+from pydantic import BaseModel, Field
 
 
 class DeviceOut(BaseModel):
@@ -18,13 +18,20 @@ class DeviceOut(BaseModel):
     last_failure_at: datetime | None = None
 
 
+class DevicePage(BaseModel):
+    devices: list[DeviceOut]
+    next_cursor: str | None = Field(
+        description="pass as `cursor` for the next page; null on the last page")
+
+
 class ReadingOut(BaseModel):
     quantity: str
     name: str
     ts: datetime
     value: float
     unit: str
-    quality: int
+    quality: int = Field(description="bitmask of meterray.domain.Quality flags; 0 = OK")
+    quality_flags: list[str] = Field(description="the same flags by name, e.g. [\"COUNTER_DECREASE\"]; [] = OK")
 
 
 class CurrentReadings(BaseModel):

@@ -1,13 +1,37 @@
 """Queries of the `devices` schema: connections to poll, devices, and device-processor checkpoints."""
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Collection, Iterable, Sequence
 
 import asyncpg
 import orjson
 
+from meterray.config import validate_connections
 from meterray.device_state import DeviceCheckpoint
 from meterray.domain import DeviceSpec, ModbusConnection
+
+CONFIG_CHANNEL = "meterray_devices_changed"  # NOTIFY'd by triggers on devices.connections / devices.devices
+
+
+async def sync_profiles(conn: asyncpg.Connection | asyncpg.Pool, names: Collection[str]) -> None:
+    """Make `devices.profiles` say which profiles the code knows: new ones added, gone ones unavailable
+    (kept while devices still name them, so those devices fail with a reason instead of vanishing)."""
+    await conn.execute(
+        """
+        WITH known AS (SELECT unnest($1::text[]) AS name),
+        upserted AS (
+            INSERT INTO devices.profiles (name, available) SELECT name, true FROM known
+            ON CONFLICT (name) DO UPDATE SET available = true, updated_at = now()
+                WHERE NOT devices.profiles.available)
+        UPDATE devices.profiles SET available = false, updated_at = now()
+        WHERE available AND name NOT IN (SELECT name FROM known)
+        """,
+        sorted(names),
+    )
+
+
+async def available_profiles(conn: asyncpg.Connection | asyncpg.Pool) -> list[str]:
+    return [r["name"] for r in await conn.fetch("SELECT name FROM devices.profiles WHERE available ORDER BY name")]
 
 
 async def load_modbus_connections(conn: asyncpg.Connection | asyncpg.Pool) -> list[ModbusConnection]:
@@ -35,7 +59,30 @@ async def load_modbus_connections(conn: asyncpg.Connection | asyncpg.Pool) -> li
 
 async def save_modbus_connections(conn: asyncpg.Connection | asyncpg.Pool,
                                   connections: Sequence[ModbusConnection]) -> None:
-    """Insert or update connections and their devices (idempotent)."""
+    """Insert or update connections and their devices (idempotent), all or none.
+
+    Checked first against meterray.config (raises ConfigError listing every problem), with the
+    profiles the database knows; the table constraints check the same rules again.
+    """
+    connections = validate_connections(connections, await available_profiles(conn))
+    if isinstance(conn, asyncpg.Pool):
+        async with conn.acquire() as c:
+            await _save(c, connections)
+    else:
+        await _save(conn, connections)
+
+
+async def _save(conn: asyncpg.Connection, connections: Sequence[ModbusConnection]) -> None:
+    async with conn.transaction():
+        await _upsert(conn, connections)
+
+
+async def _upsert(conn: asyncpg.Connection, connections: Sequence[ModbusConnection]) -> None:
+    # Devices a connection no longer lists are removed with it (a connection's devices are its list).
+    await conn.executemany(
+        "DELETE FROM devices.devices WHERE connection_id = $1 AND NOT id = ANY($2::text[])",
+        [(c.connection_id, [d.device_id for d in c.devices]) for c in connections],
+    )
     await conn.executemany(
         """
         INSERT INTO devices.connections (id, protocol, host, port, poll_interval_s, timeout_s)
@@ -56,14 +103,19 @@ async def save_modbus_connections(conn: asyncpg.Connection | asyncpg.Pool,
     )
 
 
-async def list_devices(conn: asyncpg.Connection | asyncpg.Pool) -> list[asyncpg.Record]:
+async def list_devices(conn: asyncpg.Connection | asyncpg.Pool, after: str | None = None,
+                       limit: int | None = None) -> list[asyncpg.Record]:
+    """Devices in id order; keyset paging: those with an id after `after`, at most `limit`."""
     return await conn.fetch(
         """
         SELECT d.id, d.name, d.protocol, d.profile, s.last_seen, coalesce(s.status, 'unknown') AS status,
                s.last_failure_kind, s.last_failure, s.last_failure_at
         FROM devices.devices d LEFT JOIN devices.device_state s ON s.device_id = d.id
+        WHERE $1::text IS NULL OR d.id > $1
         ORDER BY d.id
-        """
+        LIMIT $2
+        """,
+        after, limit,
     )
 
 
@@ -113,7 +165,15 @@ async def save_states(conn: asyncpg.Connection | asyncpg.Pool, states: Iterable[
 async def replace_modbus_connections(conn: asyncpg.Connection, connections: Sequence[ModbusConnection],
                                      id_prefix: str) -> None:
     """Make the connections whose id starts with `id_prefix` exactly `connections`, in one transaction."""
+    connections = validate_connections(connections, await available_profiles(conn))
     async with conn.transaction():
         await conn.execute("DELETE FROM devices.connections WHERE id LIKE $1 AND NOT id = ANY($2::text[])",
                            id_prefix + "%", [c.connection_id for c in connections])
-        await save_modbus_connections(conn, connections)
+        await _upsert(conn, connections)
+
+
+async def delete_connections(conn: asyncpg.Connection | asyncpg.Pool, connection_ids: Sequence[str]) -> int:
+    """Remove connections and their devices; returns how many connections went."""
+    rows = await conn.fetch("DELETE FROM devices.connections WHERE id = ANY($1::text[]) RETURNING id",
+                            list(connection_ids))
+    return len(rows)

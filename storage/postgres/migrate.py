@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import re
+from collections.abc import Collection
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -32,8 +33,12 @@ def load_migrations(folder: Path = MIGRATIONS_DIR) -> list[Migration]:
     return found
 
 
-async def migrate(dsn: str) -> list[str]:
-    """Apply pending migrations; returns the names applied (empty when up to date)."""
+async def migrate(dsn: str, *, profiles: Collection[str] | None = None) -> list[str]:
+    """Apply pending migrations; returns the names applied (empty when up to date).
+
+    `profiles`: the meter profile names the code knows (protocols.modbus.profiles.PROFILES, passed
+    in by the caller: storage does not import protocols); `devices.profiles` is synced to them.
+    """
     conn = await asyncpg.connect(dsn)
     try:
         await conn.execute("SELECT pg_advisory_lock($1)", _LOCK_KEY)
@@ -52,6 +57,10 @@ async def migrate(dsn: str) -> list[str]:
                     "INSERT INTO public.meterray_migrations (version, name) VALUES ($1, $2)", m.version, m.name
                 )
             applied.append(m.name)
+        if profiles is not None:
+            from storage.postgres.devices import sync_profiles
+
+            await sync_profiles(conn, profiles)
         return applied
     finally:
         await conn.close()

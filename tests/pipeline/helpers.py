@@ -70,3 +70,17 @@ def read_topic(bootstrap: str, topic: str, timeout_s: float = 60.0) -> list[tupl
     finally:
         c.close()
     pytest.fail(f"could not read {topic} to its end within {timeout_s:.0f}s ({len(out)} messages so far)")
+
+
+def all_devices(api: str, page_size: int = 100) -> list[dict[str, Any]]:
+    """Every device of `GET /api/v1/devices`, following `next_cursor` page by page."""
+    out: list[dict[str, Any]] = []
+    cursor = None
+    while True:
+        query = f"limit={page_size}" + (f"&cursor={cursor}" if cursor else "")
+        status, body = http("GET", f"{api}/api/v1/devices?{query}")
+        assert status == 200, body
+        out += body["devices"]
+        cursor = body["next_cursor"]
+        if cursor is None:
+            return out

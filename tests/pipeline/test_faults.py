@@ -13,15 +13,13 @@ import ray
 from protocols.modbus.profiles import PROFILES
 from storage.kafka import codec, topics
 from tests.conftest import POLL_INTERVAL_S, wait_for
-from tests.pipeline.helpers import http, read_topic, sql
+from tests.pipeline.helpers import all_devices, http, read_topic, sql
 
 ENERGY = "1-0:1.8.0"
 
 
 def _devices(api: str) -> dict[str, dict]:
-    status, body = http("GET", f"{api}/api/v1/devices")
-    assert status == 200, body
-    return {d["id"]: d for d in body}
+    return {d["id"]: d for d in all_devices(api)}
 
 
 def _current_ts(api: str, device_id: str) -> str | None:
