@@ -23,6 +23,7 @@ import asyncio
 import json
 import logging
 import os
+import resource
 import signal
 import time
 from collections.abc import Callable, Sequence
@@ -298,10 +299,22 @@ async def _run(config: SimulatorConfig) -> None:
         log.info("simulator stopped")
 
 
+def _raise_open_files_limit() -> None:
+    """Each port holds a listening and an accepted socket: 2,000 ports overrun the usual 1,024 files."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft != resource.RLIM_INFINITY and soft < hard:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+        except (ValueError, OSError):  # an unlimited hard limit the kernel will not take as a soft one
+            return
+        log.info("open-files limit (RLIMIT_NOFILE) raised from %d to %d", soft, hard)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     config, level = parse_args(argv)
     logging.basicConfig(level=level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     logging.getLogger("pymodbus").setLevel(logging.WARNING)  # "Server listening." × every port
+    _raise_open_files_limit()
     asyncio.run(_run(config))
     return 0
 
