@@ -37,6 +37,7 @@ from pymodbus.constants import ExcCodes
 from pymodbus.datastore import ModbusServerContext
 from pymodbus.exceptions import NoSuchIdException
 from pymodbus.server import ModbusTcpServer
+from pymodbus.server.requesthandler import ServerRequestHandler
 
 from protocols.modbus.profiles import PROFILES
 
@@ -141,6 +142,30 @@ class MeterBank(ModbusServerContext):
                 connection.close()
 
 
+class _RequestHandler(ServerRequestHandler):
+    """pymodbus's request handler, minus its thread hop.
+
+    pymodbus 3.16 hands every request to `asyncio.run_coroutine_threadsafe` (a concurrent Future
+    with its lock, a self-pipe write and a chained future per request: about a fifth of the
+    simulator's CPU at 2,000 meters/s, measured with py-spy). Server and handlers share one thread
+    and loop, so a plain task runs the same coroutine in the same order.
+    """
+
+    def __init__(self, *args: object) -> None:
+        super().__init__(*args)
+        self._pending: set[asyncio.Task[None]] = set()  # the loop keeps only weak references to tasks
+
+    def handle_later(self) -> None:
+        task = self.loop.create_task(self.handle_request())
+        self._pending.add(task)
+        task.add_done_callback(self._pending.discard)
+
+
+class _TcpServer(ModbusTcpServer):
+    def callback_new_connection(self) -> ServerRequestHandler:
+        return _RequestHandler(self, self.trace_packet, self.trace_pdu, self.trace_connect)
+
+
 class FaultRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
@@ -175,7 +200,7 @@ class RunningSimulator:
             by_port.setdefault(d.port, {})[d.unit_id] = self.meters[d.device_id]
         for port, meters in by_port.items():
             bank = MeterBank(meters, self.config.clock)
-            server = ModbusTcpServer(bank, address=(self.config.host, port), ignore_missing_devices=True)
+            server = _TcpServer(bank, address=(self.config.host, port), ignore_missing_devices=True)
             bank.server = server
             self._servers.append(server)
             await server.serve_forever(background=True)  # raises RuntimeError if the port is taken
