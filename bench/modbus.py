@@ -94,6 +94,17 @@ def _cpu_and_rss(procs: list[psutil.Process]) -> tuple[dict[int, tuple[str, floa
     return out, rss
 
 
+def _pss_mb(procs: list[psutil.Process]) -> float:
+    """Summed proportional set size: shared pages (Ray's libraries) counted once, not once per process."""
+    total = 0.0
+    for p in procs:
+        try:
+            total += p.memory_full_info().pss
+        except (psutil.Error, AttributeError):
+            pass
+    return total / 2**20
+
+
 def _cpu_s(proc: psutil.Process) -> float:
     try:
         t = proc.cpu_times()
@@ -184,6 +195,7 @@ def run_meterray(settings: Settings, manifest: Path, w: Window, sim: psutil.Proc
             time.sleep(w.warmup_s)
             shards = _shard_handles(supervisor)
             ray.get([s.reset_stats.remote() for s in shards])
+            stages0 = _stage_counts(supervisor)
             procs = _meterray_processes()
             cpu0, _ = _cpu_and_rss(procs)
             sim_cpu0 = _cpu_s(sim)
@@ -194,7 +206,9 @@ def run_meterray(settings: Settings, manifest: Path, w: Window, sim: psutil.Proc
             sim_cpu = _cpu_s(sim) - sim_cpu0
             procs = _meterray_processes()
             cpu1, rss = _cpu_and_rss(procs)
+            pss = _pss_mb(procs)
             stats = ray.get([s.ping.remote() for s in shards])
+            stages1 = _stage_counts(supervisor)
             by_process: dict[str, float] = {}
             rss_by_process: dict[str, float] = {}
             for pid, (name, cpu, mem) in cpu1.items():
@@ -213,11 +227,33 @@ def run_meterray(settings: Settings, manifest: Path, w: Window, sim: psutil.Proc
     result = _summary(w.meters, w.interval_s, w.seconds, polls_ok, readings, cpu_s, rss, p50, p99, in_pg)
     result["polls_failed"] = sum(s["polls_failed"] for s in stats)
     result["overruns"] = sum(s["overruns"] for s in stats)  # slots a shard skipped: its event loop ran late
+    result["pss_mb"] = round(pss, 1)
     result["shards"] = len(shards)
     result["simulator_cpu_s"] = round(sim_cpu, 2)
+    result["stages"] = _stage_deltas(stages0, stages1)
     result["cpu_s_by_process"] = {k: round(v, 2) for k, v in sorted(by_process.items(), key=lambda kv: -kv[1])}
     result["rss_mb_by_process"] = {k: round(v, 1) for k, v in sorted(rss_by_process.items(), key=lambda kv: -kv[1])}
     return result
+
+
+def _stage_counts(supervisor: Any) -> dict[str, tuple[int, int]]:
+    """(batches, messages) so far of every consumer stage, from the supervisor's fresh pings."""
+    import ray
+
+    handles = {role: ray.get(supervisor.handles.remote(role)) for role in ("device-processor", "pg-writer")}
+    out = {}
+    for role, hs in handles.items():
+        for i, ping in enumerate(ray.get([h.ping.remote() for h in hs])):
+            out[f"{role}-{i}"] = (int(ping.get("batches", 0)), int(ping.get("messages", 0)))
+    return out
+
+
+def _stage_deltas(before: dict[str, tuple[int, int]], after: dict[str, tuple[int, int]]) -> dict[str, Any]:
+    out = {}
+    for name, (b1, m1) in after.items():
+        b0, m0 = before.get(name, (0, 0))
+        out[name] = {"batches": b1 - b0, "messages": m1 - m0, "mean_batch": round((m1 - m0) / max(1, b1 - b0), 1)}
+    return out
 
 
 def _shard_handles(supervisor: Any) -> list[Any]:

@@ -47,8 +47,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     b = bench_sub.add_parser("modbus", help="poll N simulated meters: meterray runtime vs a plain pymodbus loop")
     b.add_argument("--meters", type=int, default=500)
     b.add_argument("--interval", type=float, default=1.0, help="poll interval, seconds (default 1)")
-    b.add_argument("--seconds", type=float, default=60.0, help="measured window (of each probe), seconds")
-    b.add_argument("--warmup", type=float, default=10.0, help="warm-up before each measured window, seconds")
+    b.add_argument("--seconds", type=float, default=None,
+                   help="measured window, seconds (default 60; with --find-knee, per probe, default 20)")
+    b.add_argument("--warmup", type=float, default=None,
+                   help="warm-up before each measured window, seconds (default 10; with --find-knee 5)")
     b.add_argument("--units-per-port", type=int, default=5, help="meters behind each simulated TCP port")
     b.add_argument("--find-knee", action="store_true",
                    help="search, for the baseline and for meterray, the largest meter count that keeps "
@@ -128,9 +130,11 @@ def _bench(settings: Settings, args: argparse.Namespace) -> int:
         except ValueError as err:
             print(f"meterray bench modbus --find-knee: {err}", file=sys.stderr)
             return 2
-        result = find_knee(settings, args.interval, args.seconds, args.units_per_port, plan, args.warmup)
+        result = find_knee(settings, args.interval, args.seconds or 20.0, args.units_per_port, plan,
+                           5.0 if args.warmup is None else args.warmup)
     else:
-        result = run_benchmark(settings, args.meters, args.interval, args.seconds, args.units_per_port, args.warmup)
+        result = run_benchmark(settings, args.meters, args.interval, args.seconds or 60.0, args.units_per_port,
+                               10.0 if args.warmup is None else args.warmup)
     print(json.dumps(result, indent=2))
     return 0
 
