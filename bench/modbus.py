@@ -105,6 +105,18 @@ def _pss_mb(procs: list[psutil.Process]) -> float:
     return total / 2**20
 
 
+def _worker_niceness(procs: list[psutil.Process]) -> int | None:
+    """The niceness of the Ray worker processes (the actors), not the driver's."""
+    values = set()
+    for p in procs:
+        if p.pid != os.getpid():
+            try:
+                values.add(p.nice())
+            except psutil.Error:
+                pass
+    return max(values) if values else None
+
+
 def _cpu_s(proc: psutil.Process) -> float:
     try:
         t = proc.cpu_times()
@@ -207,6 +219,7 @@ def run_meterray(settings: Settings, manifest: Path, w: Window, sim: psutil.Proc
             procs = _meterray_processes()
             cpu1, rss = _cpu_and_rss(procs)
             pss = _pss_mb(procs)
+            nice = _worker_niceness(procs)
             stats = ray.get([s.ping.remote() for s in shards])
             stages1 = _stage_counts(supervisor)
             by_process: dict[str, float] = {}
@@ -228,6 +241,7 @@ def run_meterray(settings: Settings, manifest: Path, w: Window, sim: psutil.Proc
     result["polls_failed"] = sum(s["polls_failed"] for s in stats)
     result["overruns"] = sum(s["overruns"] for s in stats)  # slots a shard skipped: its event loop ran late
     result["pss_mb"] = round(pss, 1)
+    result["worker_niceness"] = nice  # Ray starts workers at nice 15 unless told otherwise
     result["shards"] = len(shards)
     result["simulator_cpu_s"] = round(sim_cpu, 2)
     result["stages"] = _stage_deltas(stages0, stages1)
