@@ -277,14 +277,20 @@ def _shard_handles(supervisor: Any) -> list[Any]:
 
 
 def _wait_for_pg(settings: Settings, t0: int, t1: int, expected: int, grace_s: float) -> int:
-    """Readings of the measured window that reached PostgreSQL, once the writers have caught up."""
-    deadline, last = time.monotonic() + grace_s, -1
+    """Readings of the measured window that reached PostgreSQL, once the writers have caught up.
+
+    Stops at the expected count, at the grace deadline, or when the count has not moved for 6 s
+    (a writer under load commits one COPY every few seconds, so one still sample is not the end).
+    """
+    deadline, still_since, last = time.monotonic() + grace_s, time.monotonic(), -1
     while True:
         n = asyncio.run(_count_readings(settings.pg_dsn, t0, t1))
-        if n >= expected or n == last or time.monotonic() >= deadline:
+        now = time.monotonic()
+        if n != last:
+            still_since, last = now, n
+        if n >= expected or now >= deadline or now - still_since >= 6.0:
             return n
-        last = n
-        time.sleep(min(3.0, max(0.1, deadline - time.monotonic())))
+        time.sleep(min(2.0, max(0.1, deadline - now)))
 
 
 # --- the simulator and the shared stores --------------------------------------------------------------
