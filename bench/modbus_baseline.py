@@ -77,6 +77,12 @@ async def pump(producer: Producer, stop_at: float) -> None:
         await asyncio.sleep(0.005)
 
 
+async def announce_end(stop_at: float, announce: bool) -> None:
+    if announce:
+        await asyncio.sleep(max(0.0, stop_at - time.time()))
+        print(json.dumps({"event": "measured"}), flush=True)
+
+
 async def run(args: argparse.Namespace) -> dict:
     manifest = json.loads(open(args.manifest).read())
     endpoints: dict[tuple[str, int], list[dict]] = defaultdict(list)
@@ -84,14 +90,17 @@ async def run(args: argparse.Namespace) -> dict:
         endpoints[(m["host"], m["port"])].append(m)
     producer = Producer({"bootstrap.servers": args.bootstrap, "enable.idempotence": True, "acks": "all",
                          "compression.type": "lz4", "linger.ms": 5})
-    # Warm-up: the same loop for a few seconds, then the measured window.
-    for _phase, seconds in (("warmup", args.warmup), ("measure", args.seconds)):
+    # Warm-up: the same loop for a few seconds, then the measured window, announced on stdout so the
+    # driver can measure the simulator's CPU over the same window.
+    for phase, seconds in (("warmup", args.warmup), ("measure", args.seconds)):
+        if phase == "measure":
+            print(json.dumps({"event": "measure"}), flush=True)
         stats: dict[str, Any] = {"polls": 0, "failed": 0, "readings": 0, "latencies": [],
                                  "delivery_errors": 0, "last_error": None}
         proc = psutil.Process()
         cpu0 = sum(proc.cpu_times()[:2])
         stop_at = time.time() + seconds
-        await asyncio.gather(pump(producer, stop_at), *(
+        await asyncio.gather(pump(producer, stop_at), announce_end(stop_at, phase == "measure"), *(
             poll_endpoint(h, p, ms, args.interval, i * args.interval / len(endpoints), stop_at, producer,
                           args.topic, stats)
             for i, ((h, p), ms) in enumerate(endpoints.items())))
@@ -110,6 +119,13 @@ async def run(args: argparse.Namespace) -> dict:
 
 
 def main() -> None:
+    # 2,000 TCP connections need more than the usual 1,024 open files: soft limit → hard limit.
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft < hard:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+        except (ValueError, OSError):  # an unlimited hard limit: keep the soft one
+            pass
     p = argparse.ArgumentParser()
     p.add_argument("--manifest", required=True)
     p.add_argument("--interval", type=float, required=True)

@@ -5,7 +5,8 @@
 #
 #   scripts/services.sh up|down|status [postgres|kafka|mosquitto ...]   (no names = all)
 #
-# State lives under <repo>/var/ (data, var/log/*.log, var/run/*.pid, generated configs).
+# State lives under METERRAY_VAR_DIR, by default <repo>/var/ (data, log/*.log, run/*.pid, generated
+# configs) — the same variable and default as meterray's `var_dir` setting.
 # Ports (all bound to 127.0.0.1) come from meterray's settings, the one source of truth
 # (`meterray settings --shell`, so METERRAY_PG_PORT moves the server and the DSN together):
 # METERRAY_PG_PORT=5432, METERRAY_KAFKA_PORT=9092, METERRAY_KAFKA_CONTROLLER_PORT=9093,
@@ -16,7 +17,7 @@
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
-VAR=$ROOT/var
+VAR=${METERRAY_VAR_DIR:-$ROOT/var}
 LOGDIR=$VAR/log
 RUNDIR=$VAR/run
 

@@ -49,9 +49,20 @@ def main(argv: Sequence[str] | None = None) -> int:
     bench_sub = p.add_subparsers(dest="scenario", required=True)
     b = bench_sub.add_parser("modbus", help="poll N simulated meters: meterray runtime vs a plain pymodbus loop")
     b.add_argument("--meters", type=int, default=500)
-    b.add_argument("--interval", type=float, default=1.0)
-    b.add_argument("--seconds", type=float, default=60.0)
-    b.add_argument("--units-per-port", type=int, default=5)
+    b.add_argument("--interval", type=float, default=1.0, help="poll interval, seconds (default 1)")
+    b.add_argument("--seconds", type=float, default=None,
+                   help="measured window, seconds (default 60; with --find-knee, per probe, default 20)")
+    b.add_argument("--warmup", type=float, default=None,
+                   help="warm-up before each measured window, seconds (default 10; with --find-knee 5)")
+    b.add_argument("--units-per-port", type=int, default=5, help="meters behind each simulated TCP port")
+    b.add_argument("--find-knee", action="store_true",
+                   help="search, for the baseline and for meterray, the largest meter count that keeps "
+                        ">= 95%% of its target polls/s (--meters is ignored); writes bench/results/modbus_knee.json")
+    b.add_argument("--knee-start", type=int, default=1000, help="first probe, meters (default 1000)")
+    b.add_argument("--knee-step", type=int, default=250,
+                   help="resolution: stop when held and failed counts are this close (default 250)")
+    b.add_argument("--knee-max", type=int, default=16000,
+                   help="largest probe, meters; the simulator is sized for it (default 16000)")
 
     args = parser.parse_args(args_list)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
@@ -129,9 +140,19 @@ def _status(settings: Settings, args: argparse.Namespace) -> int:
 
 
 def _bench(settings: Settings, args: argparse.Namespace) -> int:
-    from bench.modbus import run_benchmark
+    from bench.modbus import KneePlan, find_knee, run_benchmark
 
-    result = run_benchmark(settings, args.meters, args.interval, args.seconds, args.units_per_port)
+    if args.find_knee:
+        try:
+            plan = KneePlan(args.knee_start, args.knee_step, args.knee_max, granule=args.units_per_port)
+        except ValueError as err:
+            print(f"meterray bench modbus --find-knee: {err}", file=sys.stderr)
+            return 2
+        result = find_knee(settings, args.interval, args.seconds or 20.0, args.units_per_port, plan,
+                           5.0 if args.warmup is None else args.warmup)
+    else:
+        result = run_benchmark(settings, args.meters, args.interval, args.seconds or 60.0, args.units_per_port,
+                               10.0 if args.warmup is None else args.warmup)
     print(json.dumps(result, indent=2))
     return 0
 

@@ -1,6 +1,7 @@
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -65,9 +66,11 @@ def test_settings_shell_output_evaluates_to_the_same_values() -> None:
     assert bad.returncode == 2 and "pg_prot" in bad.stderr and "pg_port" in bad.stderr
 
 
-def test_services_script_takes_its_ports_from_the_settings() -> None:
-    # `status` only looks at ports: nothing is started or stopped here.
-    env = {"PATH": os.environ["PATH"], "METERRAY_PYTHON": sys.executable, "METERRAY_PG_PORT": "1",
+def test_services_script_takes_its_ports_from_the_settings(tmp_path: Path) -> None:
+    # `status` only looks at ports and at pid files: nothing is started or stopped here. An empty
+    # state directory, so services this checkout started for the test run are not ours here.
+    env = {"PATH": os.environ["PATH"], "METERRAY_PYTHON": sys.executable, "METERRAY_VAR_DIR": str(tmp_path),
+           "METERRAY_PG_PORT": "1",
            "METERRAY_KAFKA_PORT": "2", "METERRAY_KAFKA_CONTROLLER_PORT": "3", "METERRAY_MQTT_PORT": "4"}
     out = subprocess.run(["bash", str(REPO_ROOT / "scripts" / "services.sh"), "status"], env=env,
                          capture_output=True, text=True, timeout=60)
