@@ -67,7 +67,8 @@ def ray_cluster(settings: Settings) -> Iterator[None]:
     import ray
 
     ray.init(num_cpus=2, include_dashboard=False, namespace=settings.ray_namespace,
-             object_store_memory=200 * 2**20, log_to_driver=False)
+             object_store_memory=200 * 2**20, log_to_driver=False,
+             _system_config={"worker_niceness": 0})  # as meterray's runtime: actors are not batch jobs
     yield
     ray.shutdown()
 
