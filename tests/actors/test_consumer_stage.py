@@ -19,6 +19,7 @@ from meterray.settings import Settings
 from storage.kafka import codec, topics
 from storage.kafka.producer import AsyncProducer
 from tests.actors.conftest import TcpProxy, register
+from tests.pipeline.helpers import read_topic
 
 POLL_LIMITS = {"max.poll.interval.ms": 10_000, "session.timeout.ms": 6_000}
 OUTAGE_S = 25.0  # longer than max.poll.interval.ms
@@ -202,3 +203,38 @@ async def test_a_write_blocked_by_a_lock_longer_than_max_poll_interval_keeps_the
     finally:
         await feed.stop()
         await locker.close()
+
+
+async def test_records_postgres_refuses_as_data_are_dead_lettered_alone_and_the_rest_is_stored(own: Settings) -> None:
+    """Records the codec accepts but PostgreSQL refuses (a check constraint the test adds to its own
+    archive): the writer splits the batch, dead-letters exactly those with PostgreSQL's reason,
+    stores every other reading, commits and goes on."""
+    s = own
+    feed = Feed(s, _devices(uuid.uuid4().hex[:6]))
+    await register(s.pg_dsn, *feed.devices)
+    conn = await asyncpg.connect(s.pg_dsn)
+    await conn.execute("ALTER TABLE monitoring.readings ADD CONSTRAINT test_no_666 CHECK (value <> -666)")
+    try:
+        t0 = int(time.time() * 1000) // 1000 * 1000
+        good = [(d, t0 + k * 1000) for k in range(50) for d in feed.devices]
+        poison = [(feed.devices[1], t0 + 7 * 1000 + 1), (feed.devices[5], t0 + 31 * 1000 + 1)]
+        out = [(d, ts, ts / 1e6) for d, ts in good] + [(d, ts, -666.0) for d, ts in poison]
+        out.sort(key=lambda r: r[1])
+        async with AsyncProducer(s.kafka_bootstrap) as p:
+            await p.send_many((s.topic(topics.READINGS), topics.partition_for(d, s.kafka_partitions), d.encode(),
+                               codec.encode(ReadingBatch(d, ts, "test", (Value("1-0:1.8.0", v, "kWh"),))))
+                              for d, ts, v in out)
+        feed.sent = set(good)
+        async with _writer(s, s.pg_dsn, f"data-{uuid.uuid4().hex[:6]}") as w:
+            await _all_stored_and_committed(s, feed)
+            status = await w.ping()
+        dead = [codec.decode_dead_letter(v) for _, v in read_topic(s.kafka_bootstrap, s.topic(topics.READINGS_DLQ))]
+        assert sorted((d["raw"], d["stage"]) for d in dead) == sorted(
+            (codec.encode(ReadingBatch(dev, ts, "test", (Value("1-0:1.8.0", -666.0, "kWh"),))), "pg-writer")
+            for dev, ts in poison)
+        for d in dead:
+            assert d["reason"].startswith("refused by the sink: CheckViolationError") and "test_no_666" in d["reason"]
+        assert status["splits"] > 0 and status["dead_letters"] == 2 and status["sink_failures"] == 0, status
+    finally:
+        await conn.execute("ALTER TABLE monitoring.readings DROP CONSTRAINT test_no_666")
+        await conn.close()
