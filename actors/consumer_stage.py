@@ -28,7 +28,7 @@ from meterray.backoff import Backoff
 from meterray.settings import Settings
 from storage import sink_errors
 from storage.kafka import codec, topics
-from storage.kafka.consumer import AsyncConsumer, Owned
+from storage.kafka.consumer import AsyncConsumer, ConsumerFatalError, Owned
 from storage.kafka.producer import AsyncProducer, OutMessage
 
 log = logging.getLogger(__name__)
@@ -135,6 +135,8 @@ class ConsumerStage:
             try:
                 await self._keeping_membership(self._store_splitting(pending))
                 return pending
+            except ConsumerFatalError:
+                raise
             except Exception as err:
                 if self._stopping:
                     raise StageStopping from err

@@ -38,6 +38,7 @@ class ConsumerFatalError(RuntimeError):
 
 class AsyncConsumer:
     def __init__(self, bootstrap: str, group_id: str, topics: Sequence[str], **config: Any) -> None:
+        self._reported: set[int] = set()  # error codes already logged since the last good consume
         self._consumer = Consumer(
             {
                 "bootstrap.servers": bootstrap,
@@ -47,14 +48,16 @@ class AsyncConsumer:
                 "partition.assignment.strategy": "cooperative-sticky",
                 "fetch.wait.max.ms": 100,
                 "session.timeout.ms": 15000,  # a dead member's partitions move after this at most
+                # Client-level errors (brokers unreachable, transport) arrive here, not as messages.
+                "error_cb": self._on_error,
                 **config,
             }
         )
+        self._fatal: KafkaError | None = None
         self.rebalances = 0  # bumped whenever partitions come or go; owners of per-partition state watch it
         self._epochs: Owned = {}
         self._next_epoch = 0
         self._paused = False
-        self._reported: set[int] = set()  # error codes already logged since the last good consume
         self._consumer.subscribe(list(topics), on_assign=self._on_assign, on_revoke=self._on_revoke,
                                  on_lost=self._on_revoke)
         self._closed = False
@@ -86,6 +89,8 @@ class AsyncConsumer:
             return []
         except RuntimeError as err:  # consume() on a closed consumer
             raise ConsumerFatalError(f"Kafka consumer unusable: {err}") from err
+        if self._fatal is not None:
+            raise ConsumerFatalError(f"Kafka consumer error: {self._fatal}")
         out = []
         for m in msgs:
             problem = m.error()
@@ -97,6 +102,12 @@ class AsyncConsumer:
             log.info("Kafka consumer recovered")
             self._reported.clear()
         return out
+
+    def _on_error(self, err: KafkaError) -> None:
+        try:
+            self._check(err)
+        except ConsumerFatalError:
+            self._fatal = err  # raised by the next get_batch, on the owner's coroutine
 
     def _check(self, err: KafkaError) -> None:
         if err.fatal() or err.code() in _FATAL_CODES:
