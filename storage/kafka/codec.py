@@ -23,7 +23,7 @@ from meterray.quantities import QUANTITIES
 MAX_MESSAGE_BYTES = 64 * 1024
 MAX_DEVICE_ID_CHARS = 128
 MAX_SOURCE_CHARS = 256
-MAX_DETAIL_CHARS = 2048  # a failure's detail; exception texts are far shorter
+MAX_DETAIL_CHARS = 4096  # a failure's detail; shards send a few hundred characters at most
 MAX_VALUES = 256  # values per batch: a three-phase meter reports a few dozen quantities
 MAX_DEAD_LETTER_RAW_BYTES = 64 * 1024  # raw bytes kept in a dead letter (Kafka refuses records over ~1 MB)
 
@@ -40,7 +40,8 @@ MAX_AHEAD_MS = 24 * 3600 * 1000
 KNOWN_QUALITY_BITS = 0
 for _flag in Quality:
     KNOWN_QUALITY_BITS |= int(_flag)
-_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")  # in identifiers
+_NUL_OR_CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")  # in free text: tabs and line breaks are fine
 _NON_FINITE = re.compile(rb"(?<![\w\"])-?(NaN|Infinity)(?![\w\"])")
 
 
@@ -108,7 +109,7 @@ def _failure(device_id: str, ts: int, source: str, f: Any) -> PollFailure:
     except ValueError:  # also a kind that is no string at all: str(None) is no FailureKind either
         known = ", ".join(k.value for k in FailureKind)
         raise CodecError(f"unknown failure kind {str(kind)[:40]!r} (known: {known})") from None
-    return PollFailure(device_id, ts, source, failure_kind, _text(f, "detail", MAX_DETAIL_CHARS))
+    return PollFailure(device_id, ts, source, failure_kind, _text(f, "detail", MAX_DETAIL_CHARS, free_text=True))
 
 
 def _values(raw_values: Any) -> tuple[Value, ...]:
@@ -152,9 +153,10 @@ def _values(raw_values: Any) -> tuple[Value, ...]:
     return tuple(out)
 
 
-def _text(doc: dict[str, Any], key: str, limit: int, required: bool = False) -> str:
-    """A string field: present if required, at most `limit` characters, no NUL or control characters
-    (PostgreSQL text cannot hold NUL: it would fail the whole write)."""
+def _text(doc: dict[str, Any], key: str, limit: int, required: bool = False, free_text: bool = False) -> str:
+    """A string field: present if required, at most `limit` characters, no NUL (PostgreSQL text
+    cannot hold it: it would fail the whole write) and no control characters (free text may
+    keep tabs and line breaks)."""
     if key not in doc:
         if required:
             raise CodecError(f"{key} is missing")
@@ -164,7 +166,7 @@ def _text(doc: dict[str, Any], key: str, limit: int, required: bool = False) -> 
         raise CodecError(f"{key} must be a string, got {_kind(value)}")
     if len(value) > limit:
         raise CodecError(f"{key} of {len(value)} characters exceeds the limit of {limit}")
-    bad = _CONTROL.search(value)
+    bad = (_NUL_OR_CONTROL if free_text else _CONTROL).search(value)
     if bad:
         raise CodecError(f"{key} contains the control character {bad.group()!r} (NUL and control characters "
                          "cannot be stored)")

@@ -40,6 +40,11 @@ def test_integer_values_and_every_known_flag_are_accepted() -> None:
     assert type(batch.values[0].value) is float
 
 
+def test_a_failure_detail_may_span_lines() -> None:
+    failure = PollFailure("m-1", NOW, "modbus://h:502", FailureKind.BAD_RESPONSE, "two problems:\n\tone\r\n\ttwo")
+    assert codec.decode(codec.encode(failure), NOW) == failure
+
+
 def test_timestamp_window_edges() -> None:
     assert codec.decode(_doc(ts=codec.MIN_TS_MS), NOW).ts_ms == codec.MIN_TS_MS
     assert codec.decode(_doc(ts=NOW + codec.MAX_AHEAD_MS), NOW).ts_ms == NOW + codec.MAX_AHEAD_MS
