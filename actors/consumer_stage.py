@@ -33,8 +33,10 @@ from storage.kafka.producer import AsyncProducer, OutMessage
 
 log = logging.getLogger(__name__)
 
-# A sink call still running after this long makes the stage pause and keep its membership alive.
-KEEPALIVE_AFTER_S = 2.0
+# A sink call still running after this long (or a quarter of max.poll.interval.ms, if less) makes
+# the stage pause and keep calling consume: it stays in its group, and a rebalance started by
+# another member does not wait for our sink. Shorter would pause and refetch after every slow batch.
+KEEPALIVE_AFTER_S = 5.0
 RETRY_BASE_S, RETRY_CAP_S = 0.2, 5.0
 
 
@@ -192,7 +194,7 @@ class ConsumerStage:
     async def _keeping_membership(self, work: Awaitable[None]) -> None:
         """Await `work`; if it takes long, pause and keep calling consume until it is done."""
         task = asyncio.ensure_future(work)
-        done, _ = await asyncio.wait({task}, timeout=KEEPALIVE_AFTER_S)
+        done, _ = await asyncio.wait({task}, timeout=min(KEEPALIVE_AFTER_S, self._consumer.max_poll_interval_s / 4))
         if not done:
             if self._outage_since is None:
                 self._outage_since = time.monotonic()

@@ -54,6 +54,8 @@ class AsyncConsumer:
             }
         )
         self._fatal: KafkaError | None = None
+        # librdkafka's default; the stage must call consume more often than this to stay in the group.
+        self.max_poll_interval_s = float(config.get("max.poll.interval.ms", 300_000)) / 1000
         self.rebalances = 0  # bumped whenever partitions come or go; owners of per-partition state watch it
         self._epochs: Owned = {}
         self._next_epoch = 0
