@@ -11,7 +11,7 @@ import base64
 import math
 import re
 import time
-from typing import Any
+from typing import Any, NoReturn
 
 import orjson
 
@@ -37,6 +37,7 @@ MAX_DEAD_LETTER_RAW_BYTES = 64 * 1024  # raw bytes kept in a dead letter (Kafka 
 MIN_TS_MS = 946_684_800_000
 MAX_AHEAD_MS = 24 * 3600 * 1000
 
+_UNIT_OF = {obis: q.unit for obis, q in QUANTITIES.items()}
 KNOWN_QUALITY_BITS = 0
 for _flag in Quality:
     KNOWN_QUALITY_BITS |= int(_flag)
@@ -113,44 +114,56 @@ def _failure(device_id: str, ts: int, source: str, f: Any) -> PollFailure:
 
 
 def _values(raw_values: Any) -> tuple[Value, ...]:
-    if not isinstance(raw_values, list):
+    if type(raw_values) is not list:
         raise CodecError(f"values must be a list of [quantity, value, unit, flags], got {_kind(raw_values)}")
     if len(raw_values) > MAX_VALUES:
         raise CodecError(f"{len(raw_values)} values in one batch exceed the limit of {MAX_VALUES}")
     out: list[Value] = []
     seen: set[str] = set()
+    unit_of, isfinite = _UNIT_OF, math.isfinite
     for i, item in enumerate(raw_values):
-        if not isinstance(item, list) or len(item) != 4:
-            raise CodecError(f"values[{i}] must be [quantity, value, unit, flags], got {_kind(item)}")
-        obis, value, unit, flags = item
-        if not isinstance(obis, str):
-            raise CodecError(f"values[{i}]: quantity must be an OBIS code string, got {_kind(obis)}")
-        q = QUANTITIES.get(obis)
-        if q is None:
-            raise CodecError(f"values[{i}]: unknown OBIS quantity {obis[:40]!r}; "
-                             "known codes are listed in meterray.quantities")
-        if obis in seen:
-            raise CodecError(f"values[{i}]: quantity {obis} appears twice in one batch")
-        seen.add(obis)
-        if type(value) not in (int, float):
-            raise CodecError(f"values[{i}]: value of {obis} must be a number, got {_kind(value)}")
-        number = float(value)
-        if not math.isfinite(number):
-            raise CodecError(f"values[{i}]: value of {obis} is not finite")
-        if not isinstance(unit, str):
-            raise CodecError(f"values[{i}]: unit of {obis} must be a string, got {_kind(unit)}")
-        if unit != q.unit:
-            raise CodecError(f"values[{i}]: unit {unit[:20]!r} does not match {obis} ({q.name}), "
-                             f"which is in {q.unit or 'no unit'!r}")
-        if type(flags) is not int or flags < 0:
-            raise CodecError(f"values[{i}]: quality flags of {obis} must be a non-negative integer, "
-                             f"got {_kind(flags)}")
-        if flags & ~KNOWN_QUALITY_BITS:
-            known = ", ".join(f"{f.name}={int(f)}" for f in Quality if f)
-            raise CodecError(f"values[{i}]: unknown quality flag bits {flags & ~KNOWN_QUALITY_BITS:#x} "
-                             f"in {flags} (known: {known})")
-        out.append(Value(obis, number, unit, flags))
+        # The hot path: one combined test per value; any doubt goes to _refuse for the exact reason.
+        if type(item) is list and len(item) == 4:
+            obis, value, unit, flags = item
+            kind = type(value)
+            if (type(obis) is str and type(unit) is str and unit_of.get(obis) == unit and obis not in seen
+                    and (kind is int or (kind is float and isfinite(value)))
+                    and type(flags) is int and 0 <= flags and not flags & ~KNOWN_QUALITY_BITS):
+                seen.add(obis)
+                out.append(Value(obis, float(value), unit, flags))
+                continue
+        _refuse(i, item, seen)
     return tuple(out)
+
+
+def _refuse(i: int, item: Any, seen: set[str]) -> NoReturn:
+    """Raise the CodecError that says what is wrong with values[i]."""
+    if not isinstance(item, list) or len(item) != 4:
+        raise CodecError(f"values[{i}] must be [quantity, value, unit, flags], got {_kind(item)}")
+    obis, value, unit, flags = item
+    if not isinstance(obis, str):
+        raise CodecError(f"values[{i}]: quantity must be an OBIS code string, got {_kind(obis)}")
+    q = QUANTITIES.get(obis)
+    if q is None:
+        raise CodecError(f"values[{i}]: unknown OBIS quantity {obis[:40]!r}; "
+                         "known codes are listed in meterray.quantities")
+    if obis in seen:
+        raise CodecError(f"values[{i}]: quantity {obis} appears twice in one batch")
+    if type(value) not in (int, float):
+        raise CodecError(f"values[{i}]: value of {obis} must be a number, got {_kind(value)}")
+    if not math.isfinite(value):
+        raise CodecError(f"values[{i}]: value of {obis} is not finite")
+    if not isinstance(unit, str):
+        raise CodecError(f"values[{i}]: unit of {obis} must be a string, got {_kind(unit)}")
+    if unit != q.unit:
+        raise CodecError(f"values[{i}]: unit {unit[:20]!r} does not match {obis} ({q.name}), "
+                         f"which is in {q.unit or 'no unit'!r}")
+    if type(flags) is not int or flags < 0:
+        raise CodecError(f"values[{i}]: quality flags of {obis} must be a non-negative integer, "
+                         f"got {_kind(flags)}")
+    known = ", ".join(f"{f.name}={int(f)}" for f in Quality if f)
+    raise CodecError(f"values[{i}]: unknown quality flag bits {flags & ~KNOWN_QUALITY_BITS:#x} "
+                     f"in {flags} (known: {known})")
 
 
 def _text(doc: dict[str, Any], key: str, limit: int, required: bool = False, free_text: bool = False) -> str:
