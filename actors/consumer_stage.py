@@ -152,6 +152,8 @@ class ConsumerStage:
                 await self._consumer.commit(owned)
                 return
             except KafkaException as err:
+                if err.args[0].fatal():
+                    raise ConsumerFatalError(f"commit failed for good: {err}") from err
                 if self._stopping:
                     raise StageStopping from err
                 await self._sink_down(err, len(owned), backoff)
@@ -174,10 +176,13 @@ class ConsumerStage:
         """Count and log a transient failure, then wait out the backoff without leaving the group."""
         self.sink_failures += 1
         self.last_error = sink_errors.describe(err)
+        delay = backoff.next_delay()
+        # Logged when the outage starts, then now and then; `ping` always shows the latest error.
+        if self._outage_since is None or backoff.attempts % 10 == 0:
+            log.warning("%s: batch of %d not stored (%s); retrying in %.1fs, partitions paused",
+                        self.role, n, self.last_error, delay)
         if self._outage_since is None:
             self._outage_since = time.monotonic()
-        delay = backoff.next_delay()
-        log.warning("%s: batch of %d not stored (%s); retrying in %.1fs", self.role, n, self.last_error, delay)
         self._consumer.pause()
         deadline = time.monotonic() + delay
         while not self._stopping and (left := deadline - time.monotonic()) > 0:
