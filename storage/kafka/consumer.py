@@ -73,7 +73,10 @@ class AsyncConsumer:
         if self._paused and partitions:
             # A partition that arrives during an outage stays paused too. Assigning it here ourselves
             # (the library then skips its own assign) lets us pause it before anything is fetched.
-            consumer.incremental_assign(partitions)
+            try:
+                consumer.incremental_assign(partitions)
+            except KafkaException:  # an eager assignment strategy was configured: the list is the whole assignment
+                consumer.assign(partitions)
             consumer.pause(partitions)
 
     def _on_revoke(self, _consumer: Consumer, partitions: list[TopicPartition]) -> None:
