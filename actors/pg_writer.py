@@ -1,10 +1,14 @@
 """PgWriter: consumer group of `readings` that keeps the PostgreSQL archive and current values.
 
 Each batch is written in one transaction (idempotent on the reading key) and only then committed.
+Records the codec refuses, failure records and records of unregistered devices are dead-lettered
+before the write; a write PostgreSQL refuses as data is split by the stage until the offending
+records are found (see actors.consumer_stage).
 """
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 import asyncpg
 import ray
@@ -12,10 +16,11 @@ from confluent_kafka import Message
 
 from actors import metrics
 from actors.consumer_stage import ConsumerStage, StageHost
+from actors.known_devices import KnownDevices
 from meterray.domain import ReadingBatch
 from meterray.settings import Settings
 from storage.kafka import codec, topics
-from storage.kafka.producer import AsyncProducer, OutMessage
+from storage.kafka.producer import AsyncProducer
 from storage.postgres.readings import ReadingRow, ReadingsWriter, ts_from_ms
 
 GROUP_ID = "meterray-pg-writer"
@@ -25,29 +30,37 @@ class PgWriterCore(ConsumerStage):
     role = "pg-writer"
     max_batch = 5000
 
-    def __init__(self, settings: Settings, pool: asyncpg.Pool, producer: AsyncProducer, member: str) -> None:
-        super().__init__(settings, GROUP_ID, topics.READINGS, member)
+    def __init__(self, settings: Settings, pool: asyncpg.Pool, producer: AsyncProducer, member: str,
+                 consumer_config: Mapping[str, Any] | None = None) -> None:
+        super().__init__(settings, GROUP_ID, topics.READINGS, member, producer, consumer_config)
         self._pool = pool
-        self._producer = producer
         self._writer = ReadingsWriter()
+        self._known = KnownDevices(pool)
 
     async def handle(self, messages: Sequence[Message]) -> None:
-        rows: list[ReadingRow] = []
-        dead: list[OutMessage] = []
+        batches: list[tuple[Message, ReadingBatch]] = []
+        refused: list[tuple[Message, str]] = []
         for m in messages:
             try:
                 batch = codec.decode(m.value())
-                if not isinstance(batch, ReadingBatch):
-                    raise codec.CodecError("a failure record reached the readings topic")
             except codec.CodecError as err:
-                dead.append(self.dead_letter(m, str(err)))
+                refused.append((m, str(err)))
                 continue
-            ts = ts_from_ms(batch.ts_ms)
-            rows.extend((batch.device_id, v.quantity, ts, v.value, v.unit, v.quality, batch.source)
-                        for v in batch.values)
-        if dead:
-            await self._producer.send_many(dead)
-            metrics.count(metrics.dead_letters(), len(dead), stage=self.role)
+            if isinstance(batch, ReadingBatch):
+                batches.append((m, batch))
+            else:
+                refused.append((m, "a failure record reached the readings topic (failures belong in readings.raw)"))
+        unknown = await self._known.unknown({b.device_id for _, b in batches})
+        if unknown:
+            refused += [(m, f"unknown device {b.device_id!r}: not registered in devices.devices")
+                        for m, b in batches if b.device_id in unknown]
+        await self.send_dead_letters(refused)
+        rows: list[ReadingRow] = []
+        for _, batch in batches:
+            if batch.device_id not in unknown:
+                ts = ts_from_ms(batch.ts_ms)
+                rows.extend((batch.device_id, v.quantity, ts, v.value, v.unit, v.quality, batch.source)
+                            for v in batch.values)
         async with self._pool.acquire() as conn:
             await self._writer.write(conn, rows)
         metrics.count(metrics.readings(), len(rows), stage=self.role)

@@ -2,6 +2,11 @@
 
 No Ray and no I/O here: the processor actor feeds items in, ships what comes out, and checkpoints
 `checkpoint()` to PostgreSQL before committing its Kafka offsets.
+
+Idempotence: a state remembers the input position (Kafka partition, offset) of the last item it
+applied, and the checkpoint keeps it. A device's items all come from one partition, in offset
+order, so an item at or below that position was applied already — by this processor before a
+retry, or by one that checkpointed and died before committing — and is skipped, never applied twice.
 """
 from __future__ import annotations
 
@@ -22,9 +27,18 @@ OFFLINE_AFTER_FAILURES = 3  # consecutive failed polls; one or two only make a d
 FUTURE_TOLERANCE_MS = 5 * 60 * 1000  # readings further ahead than this carry FUTURE_TIMESTAMP
 
 
+@dataclass(frozen=True, slots=True, order=True)
+class SourcePosition:
+    """Where an item came from: a Kafka partition of the input topic and the offset in it."""
+
+    partition: int
+    offset: int
+
+
 @dataclass(frozen=True, slots=True)
 class DeviceCheckpoint:
-    """A device's state as a processor checkpoints it; `counters` maps OBIS code → [ts_ms, value]."""
+    """A device's state as a processor checkpoints it; `counters` maps OBIS code → [ts_ms, value];
+    `source_partition`/`source_offset` are the input position of the last item applied."""
 
     device_id: str
     status: str
@@ -34,6 +48,8 @@ class DeviceCheckpoint:
     last_failure_at: datetime | None
     consecutive_failures: int
     counters: dict[str, Any]
+    source_partition: int | None = None
+    source_offset: int | None = None
 
 
 @dataclass(slots=True)
@@ -46,9 +62,22 @@ class DeviceState:
     last_failure_ms: int | None = None
     consecutive_failures: int = 0
     counters: dict[str, tuple[int, float]] = field(default_factory=dict)  # OBIS → (ts_ms, value)
+    position: SourcePosition | None = None  # input position of the last item applied
 
-    def apply(self, item: ReadingBatch | PollFailure, now_ms: int) -> tuple[ReadingBatch | None, list[DeviceEvent]]:
-        """Validate readings (flags, never drops) or record a failure; returns what to publish."""
+    def applies(self, at: SourcePosition) -> bool:
+        """False for an item at or below the last applied position of the same partition. An item
+        from another partition applies (the topic was repartitioned: offsets are not comparable)."""
+        return self.position is None or at.partition != self.position.partition or at.offset > self.position.offset
+
+    def apply(self, item: ReadingBatch | PollFailure, now_ms: int,
+              at: SourcePosition | None = None) -> tuple[ReadingBatch | None, list[DeviceEvent]]:
+        """Validate readings (flags, never drops) or record a failure; returns what to publish.
+
+        With `at`, an item already applied (see `applies`) changes nothing and publishes nothing."""
+        if at is not None:
+            if not self.applies(at):
+                return None, []
+            self.position = at
         if isinstance(item, PollFailure):
             return None, self._fail(item)
         return self._accept(item, now_ms)
@@ -95,19 +124,27 @@ class DeviceState:
     def _event(self, ts_ms: int, kind: str, reason: str) -> DeviceEvent:
         return DeviceEvent(self.device_id, ts_ms, kind, self.status, self.status, reason)
 
+    def copy(self) -> "DeviceState":
+        """A working copy: a batch applies to copies, which replace the originals once published."""
+        return replace(self, counters=dict(self.counters))
+
     def checkpoint(self) -> DeviceCheckpoint:
         return DeviceCheckpoint(
             self.device_id, self.status.value, _dt(self.last_seen_ms), self.last_failure_kind, self.last_failure,
             _dt(self.last_failure_ms), self.consecutive_failures,
             {q: [ts, v] for q, (ts, v) in self.counters.items()},
+            None if self.position is None else self.position.partition,
+            None if self.position is None else self.position.offset,
         )
 
     @classmethod
     def from_checkpoint(cls, row: DeviceCheckpoint) -> "DeviceState":
+        position = (None if row.source_partition is None or row.source_offset is None
+                    else SourcePosition(row.source_partition, row.source_offset))
         return cls(
             row.device_id, DeviceStatus(row.status), _ms(row.last_seen), row.last_failure_kind, row.last_failure,
             _ms(row.last_failure_at), row.consecutive_failures,
-            {q: (int(ts), float(v)) for q, (ts, v) in row.counters.items()},
+            {q: (int(ts), float(v)) for q, (ts, v) in row.counters.items()}, position,
         )
 
 

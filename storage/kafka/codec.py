@@ -1,12 +1,49 @@
-"""Wire format of the pipeline's Kafka messages (JSON via orjson, one message per device batch)."""
+"""Wire format of the pipeline's Kafka messages (JSON via orjson, one message per device batch).
+
+`decode` is the gate every consuming stage passes a record through: whatever it returns can be
+applied to device state and written to PostgreSQL without a data error; whatever it refuses raises
+`CodecError` with a reason a person can act on, and the stage dead-letters the record. A poison
+record must never reach a sink, where it would fail the whole batch (issue 5, item 2).
+"""
 from __future__ import annotations
 
 import base64
-from typing import Any
+import math
+import re
+import time
+from typing import Any, NoReturn
 
 import orjson
 
-from meterray.domain import DeviceEvent, DeviceStatus, FailureKind, PollFailure, ReadingBatch, Value
+from meterray.domain import DeviceEvent, DeviceStatus, FailureKind, PollFailure, Quality, ReadingBatch, Value
+from meterray.quantities import QUANTITIES
+
+# Limits. A batch is one poll of one device: an SDM630 poll encodes to about 2 KB, so 64 KiB leaves
+# room for any real meter while a 1 MB record is refused before it is parsed.
+MAX_MESSAGE_BYTES = 64 * 1024
+MAX_DEVICE_ID_CHARS = 128
+MAX_SOURCE_CHARS = 256
+MAX_DETAIL_CHARS = 4096  # a failure's detail; shards send a few hundred characters at most
+MAX_VALUES = 256  # values per batch: a three-phase meter reports a few dozen quantities
+MAX_DEAD_LETTER_RAW_BYTES = 64 * 1024  # raw bytes kept in a dead letter (Kafka refuses records over ~1 MB)
+
+# The timestamp window. Lower bound 2000-01-01T00:00Z: no reading this system accepts is older
+# (meters whose RTC lost power restart at 2000-01-01 or 1970, so such stamps are clock faults, and
+# 0 or negative values are encoding bugs). Upper bound now + 24 h: a reading a little ahead is
+# kept and flagged FUTURE_TIMESTAMP by the device processor (beyond its 5 min tolerance); up to a
+# day covers a partner sending local time as UTC (at most UTC+14) plus DST. Further ahead is not a
+# clock error any more, and such a reading would pin `readings_current` to the future.
+# The window only widens as time passes, so a record accepted upstream is accepted downstream.
+MIN_TS_MS = 946_684_800_000
+MAX_AHEAD_MS = 24 * 3600 * 1000
+
+_UNIT_OF = {obis: q.unit for obis, q in QUANTITIES.items()}
+KNOWN_QUALITY_BITS = 0
+for _flag in Quality:
+    KNOWN_QUALITY_BITS |= int(_flag)
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")  # in identifiers
+_NUL_OR_CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")  # in free text: tabs and line breaks are fine
+_NON_FINITE = re.compile(rb"(?<![\w\"])-?(NaN|Infinity)(?![\w\"])")
 
 
 class CodecError(ValueError):
@@ -33,32 +70,142 @@ def encode(item: ReadingBatch | PollFailure) -> bytes:
     )
 
 
-def decode(raw: bytes | None) -> ReadingBatch | PollFailure:
+def decode(raw: bytes | None, now_ms: int | None = None) -> ReadingBatch | PollFailure:
+    """Parse and validate one record; `now_ms` (default: the clock) sets the timestamp window."""
+    if raw is None or raw == b"":
+        raise CodecError("empty message: a record must be a JSON object")
+    if len(raw) > MAX_MESSAGE_BYTES:
+        raise CodecError(f"message of {len(raw)} bytes exceeds the {MAX_MESSAGE_BYTES}-byte limit of one device batch")
     try:
-        doc = orjson.loads(raw or b"")
-        device_id, ts, source = doc["device_id"], doc["ts"], doc.get("source", "")
-        if not isinstance(device_id, str) or not device_id:
-            raise CodecError("device_id must be a non-empty string")
-        if not isinstance(ts, int):
-            raise CodecError("ts must be integer epoch milliseconds")
-        if "failure" in doc:
-            f = doc["failure"]
-            return PollFailure(device_id, ts, source, FailureKind(f["kind"]), str(f.get("detail", "")))
-        values = tuple(
-            Value(q, float(v), u, int(flags)) for q, v, u, flags in doc["values"]
-        )
-        return ReadingBatch(device_id, ts, source, values)
-    except CodecError:
-        raise
-    except (orjson.JSONDecodeError, KeyError, TypeError, ValueError) as err:
-        raise CodecError(f"{type(err).__name__}: {err}") from None
+        doc = orjson.loads(raw)
+    except orjson.JSONDecodeError as err:
+        if _NON_FINITE.search(raw):
+            raise CodecError("non-finite number (NaN or Infinity) in the message: values must be finite numbers"
+                             f" (JSONDecodeError: {err})") from None
+        raise CodecError(f"not valid JSON (JSONDecodeError: {err})") from None
+    if not isinstance(doc, dict):
+        raise CodecError(f"message must be a JSON object, got {_kind(doc)}")
+    device_id = _text(doc, "device_id", MAX_DEVICE_ID_CHARS, required=True)
+    if not device_id:
+        raise CodecError("device_id must be a non-empty string")
+    ts = doc.get("ts")
+    if type(ts) is not int:  # bool is an int subclass, and orjson turns out-of-range integers into floats
+        raise CodecError(f"ts must be integer epoch milliseconds, got {_kind(ts)}")
+    now = int(time.time() * 1000) if now_ms is None else now_ms
+    if not MIN_TS_MS <= ts <= now + MAX_AHEAD_MS:
+        raise CodecError(f"ts {ts} is outside the accepted window (2000-01-01T00:00Z to 24 h from now, "
+                         f"{now + MAX_AHEAD_MS}): not epoch milliseconds, or a clock fault")
+    source = _text(doc, "source", MAX_SOURCE_CHARS)
+    if "failure" in doc:
+        return _failure(device_id, ts, source, doc["failure"])
+    return ReadingBatch(device_id, ts, source, _values(doc.get("values")))
+
+
+def _failure(device_id: str, ts: int, source: str, f: Any) -> PollFailure:
+    if not isinstance(f, dict):
+        raise CodecError(f"failure must be an object, got {_kind(f)}")
+    kind = f.get("kind")
+    try:
+        failure_kind = FailureKind(str(kind))
+    except ValueError:  # also a kind that is no string at all: str(None) is no FailureKind either
+        known = ", ".join(k.value for k in FailureKind)
+        raise CodecError(f"unknown failure kind {str(kind)[:40]!r} (known: {known})") from None
+    return PollFailure(device_id, ts, source, failure_kind, _text(f, "detail", MAX_DETAIL_CHARS, free_text=True))
+
+
+def _values(raw_values: Any) -> tuple[Value, ...]:
+    if type(raw_values) is not list:
+        raise CodecError(f"values must be a list of [quantity, value, unit, flags], got {_kind(raw_values)}")
+    if len(raw_values) > MAX_VALUES:
+        raise CodecError(f"{len(raw_values)} values in one batch exceed the limit of {MAX_VALUES}")
+    out: list[Value] = []
+    seen: set[str] = set()
+    unit_of, isfinite = _UNIT_OF, math.isfinite
+    for i, item in enumerate(raw_values):
+        # The hot path: one combined test per value; any doubt goes to _refuse for the exact reason.
+        if type(item) is list and len(item) == 4:
+            obis, value, unit, flags = item
+            kind = type(value)
+            if (type(obis) is str and type(unit) is str and unit_of.get(obis) == unit and obis not in seen
+                    and (kind is int or (kind is float and isfinite(value)))
+                    and type(flags) is int and 0 <= flags and not flags & ~KNOWN_QUALITY_BITS):
+                seen.add(obis)
+                out.append(Value(obis, float(value), unit, flags))
+                continue
+        _refuse(i, item, seen)
+    return tuple(out)
+
+
+def _refuse(i: int, item: Any, seen: set[str]) -> NoReturn:
+    """Raise the CodecError that says what is wrong with values[i]."""
+    if not isinstance(item, list) or len(item) != 4:
+        raise CodecError(f"values[{i}] must be [quantity, value, unit, flags], got {_kind(item)}")
+    obis, value, unit, flags = item
+    if not isinstance(obis, str):
+        raise CodecError(f"values[{i}]: quantity must be an OBIS code string, got {_kind(obis)}")
+    q = QUANTITIES.get(obis)
+    if q is None:
+        raise CodecError(f"values[{i}]: unknown OBIS quantity {obis[:40]!r}; "
+                         "known codes are listed in meterray.quantities")
+    if obis in seen:
+        raise CodecError(f"values[{i}]: quantity {obis} appears twice in one batch")
+    if type(value) not in (int, float):
+        raise CodecError(f"values[{i}]: value of {obis} must be a number, got {_kind(value)}")
+    if not math.isfinite(value):
+        raise CodecError(f"values[{i}]: value of {obis} is not finite")
+    if not isinstance(unit, str):
+        raise CodecError(f"values[{i}]: unit of {obis} must be a string, got {_kind(unit)}")
+    if unit != q.unit:
+        raise CodecError(f"values[{i}]: unit {unit[:20]!r} does not match {obis} ({q.name}), "
+                         f"which is in {q.unit or 'no unit'!r}")
+    if type(flags) is not int or flags < 0:
+        raise CodecError(f"values[{i}]: quality flags of {obis} must be a non-negative integer, "
+                         f"got {_kind(flags)}")
+    known = ", ".join(f"{f.name}={int(f)}" for f in Quality if f)
+    raise CodecError(f"values[{i}]: unknown quality flag bits {flags & ~KNOWN_QUALITY_BITS:#x} "
+                     f"in {flags} (known: {known})")
+
+
+def _text(doc: dict[str, Any], key: str, limit: int, required: bool = False, free_text: bool = False) -> str:
+    """A string field: present if required, at most `limit` characters, no NUL (PostgreSQL text
+    cannot hold it: it would fail the whole write) and no control characters (free text may
+    keep tabs and line breaks)."""
+    if key not in doc:
+        if required:
+            raise CodecError(f"{key} is missing")
+        return ""
+    value = doc[key]
+    if not isinstance(value, str):
+        raise CodecError(f"{key} must be a string, got {_kind(value)}")
+    if len(value) > limit:
+        raise CodecError(f"{key} of {len(value)} characters exceeds the limit of {limit}")
+    bad = (_NUL_OR_CONTROL if free_text else _CONTROL).search(value)
+    if bad:
+        raise CodecError(f"{key} contains the control character {bad.group()!r} (NUL and control characters "
+                         "cannot be stored)")
+    return value
+
+
+def _kind(value: Any) -> str:
+    """How a wrong value looks, for a reason: the JSON type name and a short excerpt."""
+    names = {type(None): "null", bool: "boolean", int: "integer", float: "number", str: "string",
+             list: "array", dict: "object"}
+    name = names.get(type(value), type(value).__name__)
+    if value is None or isinstance(value, (list, dict)):
+        return name
+    text = repr(value)
+    return f"{name} {text[:40]}{'…' if len(text) > 40 else ''}"
 
 
 def encode_dead_letter(reason: str, raw: bytes | None, **context: Any) -> bytes:
-    """A dead-letter record: why, where it came from, and the raw bytes (base64)."""
-    return orjson.dumps(
-        {"reason": reason, "raw_b64": base64.b64encode(raw or b"").decode(), **context}
-    )
+    """A dead-letter record: why, where it came from, and the raw bytes (base64, the first 64 KiB:
+    the record must fit in Kafka even when the poison was its size)."""
+    body = raw or b""
+    extra: dict[str, Any] = {}
+    if len(body) > MAX_DEAD_LETTER_RAW_BYTES:
+        extra = {"raw_bytes": len(body), "raw_truncated": True}
+        body = body[:MAX_DEAD_LETTER_RAW_BYTES]
+    return orjson.dumps({"reason": reason, "raw_b64": base64.b64encode(body).decode(), **extra, **context})
 
 
 def decode_dead_letter(raw: bytes) -> dict[str, Any]:

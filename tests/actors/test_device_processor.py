@@ -3,9 +3,9 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Awaitable, Callable
 
 import asyncpg
-import pytest
 
 from actors.device_processor import DeviceProcessorCore
 from meterray.domain import DeviceStatus, FailureKind, PollFailure, ReadingBatch, Value
@@ -13,21 +13,19 @@ from meterray.settings import Settings
 from storage.kafka import codec, topics
 from storage.kafka.producer import AsyncProducer
 from storage.postgres import devices as device_repo
+from tests.actors.conftest import register
 from tests.pipeline.helpers import read_topic
 
-
-@pytest.fixture
-def own_topics(stores: Settings) -> Settings:
-    s = stores.model_copy(update={"kafka_topic_prefix": f"{stores.kafka_topic_prefix}proc-{time.monotonic_ns()}."})
-    topics.ensure_topics(s)
-    return s
+ENERGY = "1-0:1.8.0"
+Done = Callable[[asyncpg.Pool], Awaitable[bool]]
 
 
-async def _run_core_until(s: Settings, done, messages: int, timeout_s: float = 60) -> dict:
+async def _run_core_until(s: Settings, done: Done, messages: int, timeout_s: float = 60,
+                          member: str = "test-processor") -> dict:
     """Run a processor until `done(pool)` holds and it has committed `messages` messages."""
     pool = await asyncpg.create_pool(s.pg_dsn, min_size=1, max_size=2)
     producer = AsyncProducer(s.kafka_bootstrap)
-    core = DeviceProcessorCore(s, pool, producer, "test-processor")
+    core = DeviceProcessorCore(s, pool, producer, member)
     await core.start()
     try:
         deadline = time.monotonic() + timeout_s
@@ -41,17 +39,28 @@ async def _run_core_until(s: Settings, done, messages: int, timeout_s: float = 6
         await pool.close()
 
 
-async def test_failures_only_batch_updates_state_publishes_events_and_dead_letters_garbage(
-        own_topics: Settings) -> None:
-    s = own_topics
-    now = int(time.time() * 1000)
+async def _produce(s: Settings, items: list[ReadingBatch | PollFailure]) -> None:
     raw = s.topic(topics.READINGS_RAW)
-    msgs = [(raw, topics.partition_for("proc-a", s.kafka_partitions), b"proc-a",
-             codec.encode(PollFailure("proc-a", now + i * 1000, "test", FailureKind.CONNECTION_REFUSED, "refused")))
-            for i in range(3)]
-    msgs.append((raw, 0, b"junk", b"\x00 definitely not json"))
     async with AsyncProducer(s.kafka_bootstrap) as p:
-        await p.send_many(msgs)
+        await p.send_many((raw, topics.partition_for(i.device_id, s.kafka_partitions), i.device_id.encode(),
+                           codec.encode(i)) for i in items)
+
+
+def _reading(device_id: str, ts: int, energy: float) -> ReadingBatch:
+    return ReadingBatch(device_id, ts, "test", (Value(ENERGY, energy, "kWh"),))
+
+
+def _failure(device_id: str, ts: int) -> PollFailure:
+    return PollFailure(device_id, ts, "test", FailureKind.CONNECTION_REFUSED, "refused")
+
+
+async def test_failures_only_batch_updates_state_publishes_events_and_dead_letters_garbage(own: Settings) -> None:
+    s = own
+    await register(s.pg_dsn, "proc-a", "proc-b")
+    now = int(time.time() * 1000)
+    await _produce(s, [_failure("proc-a", now + i * 1000) for i in range(3)])
+    async with AsyncProducer(s.kafka_bootstrap) as p:
+        await p.send_many([(s.topic(topics.READINGS_RAW), 0, b"junk", b"\x00 definitely not json")])
 
     async def offline(pool: asyncpg.Pool) -> bool:
         st = (await device_repo.load_states(pool, ["proc-a"])).get("proc-a")
@@ -65,13 +74,11 @@ async def test_failures_only_batch_updates_state_publishes_events_and_dead_lette
         (DeviceStatus.UNKNOWN, DeviceStatus.DEGRADED), (DeviceStatus.DEGRADED, DeviceStatus.OFFLINE)]
     assert "connection_refused" in events[-1].reason
     dead = [codec.decode_dead_letter(v) for _, v in read_topic(s.kafka_bootstrap, s.topic(topics.READINGS_DLQ))]
-    assert len(dead) == 1 and dead[0]["raw"] == b"\x00 definitely not json" and "JSONDecodeError" in dead[0]["reason"]
+    assert len(dead) == 1 and dead[0]["raw"] == b"\x00 definitely not json" and "not valid JSON" in dead[0]["reason"]
     assert read_topic(s.kafka_bootstrap, s.topic(topics.READINGS)) == []
 
     # Offsets were committed after the checkpoint: a new processor in the group starts after them.
-    async with AsyncProducer(s.kafka_bootstrap) as p:
-        await p.send_many([(raw, 1, b"proc-b", codec.encode(
-            ReadingBatch("proc-b", now, "test", (Value("1-0:1.8.0", 5.0, "kWh"),))))])
+    await _produce(s, [_reading("proc-b", now, 5.0)])
 
     async def b_seen(pool: asyncpg.Pool) -> bool:
         return "proc-b" in await device_repo.load_states(pool, ["proc-b"])
@@ -79,4 +86,24 @@ async def test_failures_only_batch_updates_state_publishes_events_and_dead_lette
     stats = await _run_core_until(s, b_seen, 1)
     assert stats["messages"] == 1, stats
     out = [codec.decode(v) for _, v in read_topic(s.kafka_bootstrap, s.topic(topics.READINGS))]
-    assert out == [ReadingBatch("proc-b", now, "test", (Value("1-0:1.8.0", 5.0, "kWh"),))]
+    assert out == [_reading("proc-b", now, 5.0)]
+
+
+async def test_records_of_unregistered_devices_are_dead_lettered_with_the_reason(own: Settings) -> None:
+    s = own
+    await register(s.pg_dsn, "known-1")
+    now = int(time.time() * 1000)
+    await _produce(s, [_reading("known-1", now, 1.0), _reading("ghost-1", now, 1.0), _failure("ghost-2", now)])
+
+    async def known_seen(pool: asyncpg.Pool) -> bool:
+        return "known-1" in await device_repo.load_states(pool, ["known-1"])
+
+    await _run_core_until(s, known_seen, 3)
+    dead = [codec.decode_dead_letter(v) for _, v in read_topic(s.kafka_bootstrap, s.topic(topics.READINGS_DLQ))]
+    assert sorted(d["reason"] for d in dead) == [
+        "unknown device 'ghost-1': not registered in devices.devices",
+        "unknown device 'ghost-2': not registered in devices.devices"]
+    out = [codec.decode(v) for _, v in read_topic(s.kafka_bootstrap, s.topic(topics.READINGS))]
+    assert [b.device_id for b in out] == ["known-1"]
+    async with asyncpg.create_pool(s.pg_dsn, min_size=1, max_size=1) as pool:
+        assert set(await device_repo.load_states(pool, ["ghost-1", "ghost-2", "known-1"])) == {"known-1"}

@@ -1,4 +1,4 @@
-from meterray.device_state import OFFLINE_AFTER_FAILURES, DeviceState
+from meterray.device_state import OFFLINE_AFTER_FAILURES, DeviceState, SourcePosition
 from meterray.domain import DeviceStatus, FailureKind, PollFailure, Quality, ReadingBatch, Value
 
 NOW = 1_764_000_000_000
@@ -65,3 +65,42 @@ def test_checkpoint_round_trip() -> None:
     state.apply(batch(NOW, 100.0), NOW)
     state.apply(failure(NOW + 1000, FailureKind.EXCEPTION_CODE), NOW)
     assert DeviceState.from_checkpoint(state.checkpoint()) == state
+
+
+def test_an_item_at_or_below_the_applied_position_changes_nothing() -> None:
+    state = DeviceState("m-1")
+    state.apply(batch(NOW, 100.0), NOW, SourcePosition(2, 10))
+    state.apply(failure(NOW + 1000), NOW, SourcePosition(2, 11))
+    snapshot = state.copy()
+    for offset in (10, 11):  # redelivered: a retried batch, or a replay after a crash before the commit
+        assert state.apply(failure(NOW + 1000), NOW, SourcePosition(2, offset)) == (None, [])
+        assert not state.applies(SourcePosition(2, offset))
+    assert state == snapshot and state.consecutive_failures == 1
+    out, events = state.apply(batch(NOW + 2000, 50.0), NOW, SourcePosition(2, 12))
+    assert out is not None and out.values[0].quality == Quality.COUNTER_DECREASE
+    assert state.position == SourcePosition(2, 12)
+
+
+def test_an_item_from_another_partition_applies() -> None:
+    # After the topic was repartitioned offsets of different partitions are not comparable.
+    state = DeviceState("m-1")
+    state.apply(failure(NOW), NOW, SourcePosition(1, 500))
+    assert state.applies(SourcePosition(3, 2))
+    state.apply(failure(NOW + 1000), NOW, SourcePosition(3, 2))
+    assert state.consecutive_failures == 2 and state.position == SourcePosition(3, 2)
+
+
+def test_a_working_copy_does_not_touch_the_original() -> None:
+    state = DeviceState("m-1")
+    state.apply(batch(NOW, 100.0), NOW, SourcePosition(0, 1))
+    work = state.copy()
+    work.apply(batch(NOW + 1000, 101.0), NOW, SourcePosition(0, 2))
+    assert state.counters["1-0:1.8.0"] == (NOW, 100.0) and state.position == SourcePosition(0, 1)
+
+
+def test_checkpoint_keeps_the_position() -> None:
+    state = DeviceState("m-1")
+    state.apply(batch(NOW, 100.0), NOW, SourcePosition(3, 42))
+    cp = state.checkpoint()
+    assert (cp.source_partition, cp.source_offset) == (3, 42)
+    assert DeviceState.from_checkpoint(cp) == state
