@@ -10,10 +10,12 @@ from urllib.parse import urlsplit, urlunsplit
 import asyncpg
 import pytest
 
+from meterray.app.runtime import migrate_database
+from meterray.domain import DeviceSpec, ModbusConnection
 from meterray.settings import Settings
 from storage.kafka import topics
 from storage.postgres.databases import drop_database, recreate_database
-from storage.postgres.migrate import migrate
+from storage.postgres.devices import save_modbus_connections
 
 
 @pytest.fixture(scope="module")
@@ -21,7 +23,7 @@ def actors_db(stores: Settings) -> Iterator[Settings]:
     """A database of this module's own: its tests install triggers and locks the runtime must not meet."""
     name = f"{urlsplit(stores.pg_dsn).path.lstrip('/')}_actors"
     dsn = asyncio.run(recreate_database(stores.pg_dsn, name))
-    asyncio.run(migrate(dsn))
+    migrate_database(dsn)  # with the meter profiles the code knows, as `meterray migrate` does
     yield stores.model_copy(update={"pg_dsn": dsn})
     asyncio.run(drop_database(stores.pg_dsn, name))
 
@@ -35,10 +37,13 @@ def own(actors_db: Settings) -> Settings:
 
 
 async def register(dsn: str, *device_ids: str) -> None:
+    """Register the devices as meterray does: behind a Modbus connection (never polled here)."""
     conn = await asyncpg.connect(dsn)
     try:
-        await conn.executemany("INSERT INTO devices.devices (id, name, protocol, profile) VALUES ($1, $1,"
-                               " 'modbus_tcp', 'sdm630') ON CONFLICT (id) DO NOTHING", [(d,) for d in device_ids])
+        devices = tuple(DeviceSpec(d, "sdm630", unit) for unit, d in enumerate(device_ids, start=1))
+        # TEST-NET-1 (RFC 5737): an address that is never a real meter.
+        await save_modbus_connections(conn, [ModbusConnection(f"test-{device_ids[0]}", "192.0.2.1", 502, 5.0, 1.0,
+                                                              devices)])
     finally:
         await conn.close()
 
