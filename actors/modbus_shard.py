@@ -97,7 +97,7 @@ class ModbusShardCore:
         self._dlq_topic = settings.topic(topics.READINGS_DLQ)
         self._tasks: dict[str, tuple[ModbusConnection, asyncio.Task[None]]] = {}
         self.stats = PollStats()
-        self.outbox = Outbox(settings.shard_buffer_mb * 2**20)
+        self.outbox = Outbox(int(settings.shard_buffer_mb * 2**20))
         self._outbox_ready = asyncio.Event()
         self._sender: asyncio.Task[None] | None = None
         self._dropped_since_log = Dropped()
@@ -249,9 +249,9 @@ class ModbusShardCore:
         now = time.monotonic()
         if now - self._last_overflow_log >= OVERFLOW_LOG_EVERY_S:
             d, self._dropped_since_log, self._last_overflow_log = self._dropped_since_log, Dropped(), now
-            log.warning("outbox full (%d MB, %d records waiting for Kafka): dropped the oldest %d poll cycles "
+            log.warning("outbox full (%g MB, %d records waiting for Kafka): dropped the oldest %d poll cycles "
                         "(%d records, %d readings); METERRAY_SHARD_BUFFER_MB sets the size",
-                        self.outbox.max_bytes // 2**20, self.outbox.records, d.entries, d.records, d.readings)
+                        self.outbox.max_bytes / 2**20, self.outbox.records, d.entries, d.records, d.readings)
 
     async def _send_loop(self) -> None:
         """Drain the outbox to Kafka, one batch at a time; keep what Kafka did not acknowledge."""

@@ -395,11 +395,12 @@ def kafka_outage(runtime: dict) -> Iterator[dict]:
 
 
 def _revive_stages(runtime: dict, meters: list[Meter]) -> None:
-    """Leave a streaming pipeline to the tests that follow: if the consumer stages did not get over the
-    Kafka restart by themselves (see the xfail above), kill them so the supervisor starts fresh ones,
-    which resume from the committed offsets. Said loudly, never silently."""
+    """If the consumer stages did not get over the Kafka restart by themselves (see the xfail below),
+    kill them so the supervisor starts fresh ones, which resume from the committed offsets. Said
+    loudly, never silently; nothing happens when they stream."""
     settings = runtime["settings"]
     if _stored_up_to(settings, meters, _now_ms() - 10_000):
+        print("kafka: consumer stages stream by themselves")
         return
     stages = _stage_pings(runtime)
     print(f"kafka: consumer stages stuck after the Kafka restart ({stages}); killing them for the next tests")
@@ -469,3 +470,15 @@ def test_kafka_stopped_for_30s_every_slot_reaches_postgres(runtime: dict, kafka_
           f"{(up_ms - down_ms) / 1000:.0f}s down, {(end_ms - up_ms) / 1000:.0f}s after")
     print(f"kafka: children restarted: {_restarted_since(runtime, kafka_outage['restarts_before'])}")
     _assert_complete(check, "kafka outage")
+
+
+def test_kafka_stopped_for_30s_nothing_is_lost_once_the_stages_run_again(runtime: dict, kafka_outage: dict) -> None:
+    """What the shards held reaches PostgreSQL through the whole pipeline, slot by slot, once the consumer
+    stages run again (by themselves, or replaced as a supervisor would after a fatal consumer error)."""
+    settings, meters = runtime["settings"], kafka_outage["meters"]
+    _revive_stages(runtime, meters)
+    end_ms = max(_now_ms(), kafka_outage["up_ms"]) + 5 * INTERVAL_MS
+    _wait_stored(settings, meters, end_ms, 120, "every meter's slots up to 5 s from now")
+    check = _check_grid(settings, meters, kafka_outage["start_ms"], end_ms)
+    print(f"kafka: window {_iso(kafka_outage['start_ms'])}..{_iso(end_ms)} checked after the stages ran again")
+    _assert_complete(check, "kafka outage, stages running again")
