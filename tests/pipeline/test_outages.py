@@ -449,10 +449,11 @@ def test_kafka_stopped_for_30s_shards_keep_polling_and_hold_every_slot(runtime: 
 
 
 @pytest.mark.xfail(strict=True, reason=(
-    "consumer stages do not resume after a Kafka restart: the static member is fenced (FENCED_INSTANCE_ID, a "
-    "fatal librdkafka error) and the stage retries its commit forever without being replaced; "
-    "storage/kafka/consumer.py and actors/consumer_stage.py are being fixed on another branch — remove this "
-    "marker when that lands (strict: this test then fails as XPASS until the marker goes)"))
+    "consumer stages neither resume nor die after a Kafka restart longer than session.timeout.ms: alone, the "
+    "static member is fenced (FENCED_INSTANCE_ID, fatal) and the stage retries its commit forever; with the "
+    "stream branch (28dcbc6) the consumer logs SESSTMOUT 'revoking assignment and rejoining' and then stalls "
+    "without an error. Fixed in storage/kafka/consumer.py / actors/consumer_stage.py (not this branch's files), "
+    "remove this marker; strict, so the test fails as XPASS until then"))
 def test_kafka_stopped_for_30s_every_slot_reaches_postgres(runtime: dict, kafka_outage: dict) -> None:
     settings, meters = runtime["settings"], kafka_outage["meters"]
     start_ms, down_ms, up_ms = kafka_outage["start_ms"], kafka_outage["down_ms"], kafka_outage["up_ms"]
