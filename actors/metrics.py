@@ -25,6 +25,19 @@ def poll_latency_ms() -> metrics.Histogram:
 
 
 @cache
+def shard_buffer_dropped() -> metrics.Counter:
+    return metrics.Counter("meterray_shard_buffer_dropped_total",
+                           "Records a shard dropped because its outbox was full while Kafka did not take them "
+                           "(METERRAY_SHARD_BUFFER_MB)", tag_keys=("protocol",))
+
+
+@cache
+def shard_buffered_records() -> metrics.Gauge:
+    return metrics.Gauge("meterray_shard_buffered_records", "Records a shard holds that Kafka has not acknowledged yet",
+                         tag_keys=("shard",))
+
+
+@cache
 def readings() -> metrics.Counter:
     return metrics.Counter("meterray_readings_total", "Readings handled, by pipeline stage", tag_keys=("stage",))
 

@@ -49,6 +49,11 @@ class Settings(BaseModel):
     ray_num_cpus: int = Field(2, ge=1)
     connections_per_shard: int = Field(250, ge=1)
     reconcile_interval_s: float = Field(30.0, gt=0)  # the supervisor re-reads the connections this often too
+    # Poll results a Modbus shard holds while Kafka does not take them, in MB of encoded records (Python's
+    # own overhead adds ~15 %); past it the oldest are dropped (counted, logged). A meter's poll result is
+    # ~750 bytes, so 64 MB ≈ 85,000 results ≈ 70 s of a full shard (250 connections × 5 meters) at 1 s,
+    # 17 min at 15 s.
+    shard_buffer_mb: float = Field(64.0, gt=0, le=4096)
     device_processors: int = Field(1, ge=1)
     pg_writers: int = Field(1, ge=1)
     log_level: str = "INFO"

@@ -1,7 +1,8 @@
 """An asyncio face on confluent-kafka's producer: one per actor process, idempotent, acks=all, lz4.
 
 Delivery reports are served by `poll(0)` on the event loop's own thread, so callbacks resolve
-futures directly; `send_many` returns once Kafka has confirmed every message of the batch.
+futures directly; `send_many` returns once Kafka has confirmed every message of the batch, `deliver`
+returns each message's outcome so a caller that keeps its own buffer re-produces only what failed.
 """
 from __future__ import annotations
 
@@ -18,22 +19,35 @@ class DeliveryError(RuntimeError):
     """Kafka refused or lost a message; the caller must not commit what it came from."""
 
 
+# Errors that re-producing the same message cannot cure: the record itself is refused.
+_PERMANENT = frozenset({KafkaError.MSG_SIZE_TOO_LARGE, KafkaError.INVALID_MSG,
+                        KafkaError.INVALID_MSG_SIZE, KafkaError.INVALID_RECORD,
+                        KafkaError.RECORD_LIST_TOO_LARGE, KafkaError.TOPIC_AUTHORIZATION_FAILED,
+                        KafkaError._INVALID_ARG})
+
+
+def is_permanent(err: KafkaError) -> bool:
+    """True when Kafka refused the record itself (size, format, rights): retrying cannot help."""
+    return err.fatal() or err.code() in _PERMANENT
+
+
 class _BatchWaiter:
-    __slots__ = ("future", "pending", "error")
+    """Collects the delivery report of each message of one batch, by position."""
 
-    def __init__(self, future: asyncio.Future[None], pending: int) -> None:
-        self.future, self.pending = future, pending
-        self.error: KafkaError | None = None
+    __slots__ = ("future", "pending", "errors")
 
-    def done(self, err: KafkaError | None, _msg: Any) -> None:
-        if err is not None and self.error is None:
-            self.error = err
-        self.pending -= 1
-        if self.pending == 0 and not self.future.done():
-            if self.error is None:
-                self.future.set_result(None)
-            else:
-                self.future.set_exception(DeliveryError(str(self.error)))
+    def __init__(self, future: asyncio.Future[list[KafkaError | None]], size: int) -> None:
+        self.future, self.pending = future, size
+        self.errors: list[KafkaError | None] = [None] * size
+
+    def report(self, index: int) -> Any:
+        def done(err: KafkaError | None, _msg: Any) -> None:
+            self.errors[index] = err
+            self.pending -= 1
+            if self.pending == 0 and not self.future.done():
+                self.future.set_result(self.errors)
+
+        return done
 
 
 class AsyncProducer:
@@ -63,24 +77,33 @@ class AsyncProducer:
 
     async def send_many(self, messages: Iterable[OutMessage]) -> None:
         """Produce (topic, partition, key, value) messages; return when all are acknowledged."""
+        errors = await self.deliver(list(messages))
+        first = next((e for e in errors if e is not None), None)
+        if first is not None:
+            raise DeliveryError(str(first))
+
+    async def deliver(self, batch: list[OutMessage]) -> list[KafkaError | None]:
+        """Produce every message; once each has its delivery report, return them by position
+        (None: acknowledged by every in-sync replica)."""
         await self.start()
-        batch = list(messages)
         if not batch:
-            return
+            return []
         loop = asyncio.get_running_loop()
         waiter = _BatchWaiter(loop.create_future(), len(batch))
-        for topic, partition, key, value in batch:
+        for i, (topic, partition, key, value) in enumerate(batch):
+            done = waiter.report(i)
             while True:
                 try:
-                    self._producer.produce(topic, value, key, partition=partition, on_delivery=waiter.done)
+                    self._producer.produce(topic, value, key, partition=partition, on_delivery=done)
                     break
                 except BufferError:
                     # The local queue is full: let delivery reports drain it instead of buffering more.
                     self._producer.poll(0)
                     await asyncio.sleep(0.01)
                 except KafkaException as err:
-                    waiter.done(err.args[0], None)
-        await waiter.future
+                    done(err.args[0], None)
+                    break
+        return await waiter.future
 
     async def flush(self, timeout_s: float = 10.0) -> int:
         return await asyncio.to_thread(self._producer.flush, timeout_s)
