@@ -232,6 +232,7 @@ class ConsumerStage:
         return {"role": self.role, "pid": os.getpid(), "batches": self.batches, "messages": self.messages,
                 "dead_letters": self.dead_letters, "sink_failures": self.sink_failures, "splits": self.splits,
                 "paused": self._consumer.paused, "outage_s": outage, "rebalances": self._consumer.rebalances,
+                "consumer_reopened": self._consumer.reopened,
                 "last_error": self.last_error}
 
 

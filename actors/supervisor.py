@@ -11,8 +11,9 @@ is not called at all, and ModbusShardCore.assign keeps the untouched connections
 running. So a change touches only the connections it changes.
 
 Placement is sticky (`place`): a connection stays on the shard it was given for the supervisor's
-life; a new one goes to the least-loaded shard with room (`connections_per_shard`), a new shard when
-all are full. Adding, changing or removing one connection moves no other. The trade-off against a
+life; a new one goes to the least-loaded shard with room (at most `connections_per_shard`
+connections and `shard_max_polls_per_s` polls per second), a new shard when all are full. Adding,
+changing or removing one connection moves no other. The trade-off against a
 pure hash of the connection id (DESIGN.md): a hash over a fixed shard count is stateless (any process
 can compute where a connection runs) but its balance is only statistical — with few connections per
 shard it leaves shards empty or doubled, and a shard count that follows the number of connections
@@ -61,24 +62,42 @@ def _shard_index(name: str) -> int:
     return int(m.group(1)) if m else 1 << 30
 
 
-def place(previous: Mapping[str, str], wanted: Collection[str], shards: Sequence[str],
-          capacity: int) -> dict[str, str]:
+def place(previous: Mapping[str, str], wanted: Collection[str] | Mapping[str, float], shards: Sequence[str],
+          capacity: int, max_polls_per_s: float | None = None) -> dict[str, str]:
     """Connection id → shard name. Placed connections stay where they are; new ones (in id order) go to
-    the least-loaded shard with room (lowest index on a tie), or to a new shard when all are full."""
-    placed = {cid: shard for cid, shard in previous.items() if cid in wanted}
+    the least-loaded shard with room (lowest index on a tie), or to a new shard when all are full.
+
+    `wanted` may map each connection to its load in polls per second (devices ÷ poll interval): a shard
+    then has room while it holds fewer than `capacity` connections AND its load plus the newcomer's
+    stays within `max_polls_per_s` (an empty shard always has room), and "least loaded" means fewest
+    polls per second. So a shard is sized by the work it does, not only by its sockets: many slow
+    connections share one process, fast ones spread over several.
+    """
+    weight = wanted if isinstance(wanted, Mapping) else dict.fromkeys(wanted, 0.0)
+    limit = float("inf") if max_polls_per_s is None else max_polls_per_s
+    placed = {cid: shard for cid, shard in previous.items() if cid in weight}
     names = sorted(set(shards) | set(placed.values()), key=_shard_index)
-    load = Counter(placed.values())
-    for cid in sorted(set(wanted) - placed.keys()):
-        room = [s for s in names if load[s] < capacity]
+    count = Counter(placed.values())
+    polls: dict[str, float] = defaultdict(float)
+    for cid, shard in placed.items():
+        polls[shard] += weight[cid]
+    for cid in sorted(weight.keys() - placed.keys()):
+        room = [s for s in names if count[s] == 0 or (count[s] < capacity and polls[s] + weight[cid] <= limit)]
         if room:
-            shard = min(room, key=lambda s: (load[s], _shard_index(s)))
+            shard = min(room, key=lambda s: (polls[s], count[s], _shard_index(s)))
         else:
             used = {_shard_index(s) for s in names}
             shard = f"{SHARD_PREFIX}{min(i for i in range(len(names) + 1) if i not in used)}"
             names.append(shard)
         placed[cid] = shard
-        load[shard] += 1
+        count[shard] += 1
+        polls[shard] += weight[cid]
     return placed
+
+
+def polls_per_s(connection: ModbusConnection) -> float:
+    """The load a connection puts on its shard: one poll per device per interval."""
+    return len(connection.devices) / connection.poll_interval_s
 
 
 @dataclass(slots=True)
@@ -149,8 +168,9 @@ class Supervisor:
         async with self._apply_lock:
             before = {c.connection_id: c for ch in self._shards() for c in ch.assignment}
             wanted = {c.connection_id: c for c in connections}
-            self._placement = place(self._placement, wanted.keys(), [ch.name for ch in self._shards()],
-                                    self._settings.connections_per_shard)
+            self._placement = place(self._placement, {cid: polls_per_s(c) for cid, c in wanted.items()},
+                                    [ch.name for ch in self._shards()], self._settings.connections_per_shard,
+                                    self._settings.shard_max_polls_per_s)
             by_shard: dict[str, list[ModbusConnection]] = defaultdict(list)
             for cid in sorted(wanted):
                 by_shard[self._placement[cid]].append(wanted[cid])

@@ -32,6 +32,9 @@ _FATAL_CODES = {
 }
 
 
+CLOSE_TIMEOUT_S = 10.0
+
+
 class ConsumerFatalError(RuntimeError):
     """The consumer cannot go on; the stage dies and its supervisor replaces it."""
 
@@ -39,30 +42,36 @@ class ConsumerFatalError(RuntimeError):
 class AsyncConsumer:
     def __init__(self, bootstrap: str, group_id: str, topics: Sequence[str], **config: Any) -> None:
         self._reported: set[int] = set()  # error codes already logged since the last good consume
-        self._consumer = Consumer(
-            {
-                "bootstrap.servers": bootstrap,
-                "group.id": group_id,
-                "enable.auto.commit": False,
-                "auto.offset.reset": "earliest",
-                "partition.assignment.strategy": "cooperative-sticky",
-                "fetch.wait.max.ms": 100,
-                "session.timeout.ms": 15000,  # a dead member's partitions move after this at most
-                # Client-level errors (brokers unreachable, transport) arrive here, not as messages.
-                "error_cb": self._on_error,
-                **config,
-            }
-        )
+        self._config = {
+            "bootstrap.servers": bootstrap,
+            "group.id": group_id,
+            "enable.auto.commit": False,
+            "auto.offset.reset": "earliest",
+            "partition.assignment.strategy": "cooperative-sticky",
+            "fetch.wait.max.ms": 100,
+            "session.timeout.ms": 15000,  # a dead member's partitions move after this at most
+            # Client-level errors (brokers unreachable, transport) arrive here, not as messages.
+            "error_cb": self._on_error,
+            **config,
+        }
+        self._topics = list(topics)
         self._fatal: KafkaError | None = None
         # librdkafka's default; the stage must call consume more often than this to stay in the group.
         self.max_poll_interval_s = float(config.get("max.poll.interval.ms", 300_000)) / 1000
         self.rebalances = 0  # bumped whenever partitions come or go; owners of per-partition state watch it
+        self.reopened = 0  # consumers replaced after the group session was lost
         self._epochs: Owned = {}
         self._next_epoch = 0
         self._paused = False
-        self._consumer.subscribe(list(topics), on_assign=self._on_assign, on_revoke=self._on_revoke,
-                                 on_lost=self._on_revoke)
+        self._lost = False
+        self._consumer = self._open()
         self._closed = False
+
+    def _open(self) -> Consumer:
+        consumer = Consumer(self._config)
+        consumer.subscribe(self._topics, on_assign=self._on_assign, on_revoke=self._on_revoke,
+                           on_lost=self._on_lost)
+        return consumer
 
     # Rebalance callbacks run inside consume(), on its worker thread, while the owner awaits it.
     def _on_assign(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
@@ -84,9 +93,20 @@ class AsyncConsumer:
         for tp in partitions:
             self._epochs.pop((tp.topic, tp.partition), None)
 
+    def _on_lost(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        # The group session expired (no coordinator for session.timeout.ms: Kafka stopped or cut off).
+        # librdkafka 2.16 then rejoins and is handed its partitions again, but after a broker restart
+        # that consumer never fetches another message (seen here: assigned, fetch started at the
+        # committed offsets, then silence for minutes). A fresh consumer under the same static
+        # member id takes over at once, so the next get_batch replaces this one.
+        self._on_revoke(consumer, partitions)
+        self._lost = True
+
     async def get_batch(self, max_messages: int = 1000, timeout_s: float = 0.5) -> list[Message]:
         """Messages that carry data. Notices (partition EOF) are dropped; transient errors are logged
         once and return nothing; only errors no retry can cure raise `ConsumerFatalError`."""
+        if self._lost:
+            await self._reopen()
         try:
             msgs = await asyncio.to_thread(self._consumer.consume, max_messages, timeout_s)
         except KafkaException as err:
@@ -107,6 +127,19 @@ class AsyncConsumer:
             log.info("Kafka consumer recovered")
             self._reported.clear()
         return out
+
+    async def _reopen(self) -> None:
+        """Replace a consumer whose group session was lost: close it (it owns nothing any more; a
+        static member leaves no group on close) and subscribe a new one with the same settings."""
+        self._lost = False
+        self.reopened += 1
+        log.warning("Kafka consumer: group session lost (no coordinator for session.timeout.ms); "
+                    "reopening the consumer, it resumes from the committed offsets")
+        try:
+            await asyncio.wait_for(asyncio.to_thread(self._consumer.close), CLOSE_TIMEOUT_S)
+        except (TimeoutError, KafkaException, RuntimeError) as err:
+            log.warning("Kafka consumer: the lost consumer did not close cleanly (%s); dropping it", err)
+        self._consumer = self._open()
 
     def _on_error(self, err: KafkaError) -> None:
         try:

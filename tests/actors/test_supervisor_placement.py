@@ -34,3 +34,23 @@ def test_new_connections_go_to_the_least_loaded_shard_and_open_a_shard_only_when
     assert after["n3"] == "modbus-shard-2"  # everything else full
     loads = sorted(list(after.values()).count(s) for s in set(after.values()))
     assert loads == [1, 3, 3]
+
+
+def test_a_shard_is_sized_by_polls_per_second_as_well_as_by_connections() -> None:
+    # 40 fast connections (10 meters at 1 s: 10 polls/s each) and 40 slow ones (10 meters at 15 s).
+    fast = {f"f{i:02d}": 10.0 for i in range(40)}
+    slow = {f"s{i:02d}": 10 / 15 for i in range(40)}
+    placed = place({}, {**fast, **slow}, [], capacity=1000, max_polls_per_s=100.0)
+    load: dict[str, float] = {}
+    for cid, shard in placed.items():
+        load[shard] = load.get(shard, 0.0) + {**fast, **slow}[cid]
+    assert max(load.values()) <= 100.0  # no shard does more than its share of work
+    assert len(load) == 5  # 426.7 polls/s in all: five shards of at most 100, none more than needed
+    # One more slow connection fits where there is room and moves nobody.
+    after = place(placed, {**fast, **slow, "s99": 10 / 15}, sorted(load), capacity=1000, max_polls_per_s=100.0)
+    assert {c: after[c] for c in placed} == placed and after["s99"] in load
+
+
+def test_a_connection_heavier_than_a_whole_shard_still_gets_one() -> None:
+    placed = place({}, {"huge": 5000.0, "small": 1.0}, [], capacity=10, max_polls_per_s=100.0)
+    assert placed["huge"] != placed["small"]
