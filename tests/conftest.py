@@ -54,12 +54,19 @@ def database(settings: Settings) -> Settings:
 
 
 @pytest.fixture(scope="session")
-def stores(database: Settings) -> Settings:
-    """PostgreSQL migrated and the run's Kafka topics created."""
+def stores(database: Settings) -> Iterator[Settings]:
+    """PostgreSQL migrated and the run's Kafka topics created; every topic of the run is deleted at
+    the end (a broker that collects thousands of test partitions restarts slowly)."""
+    from confluent_kafka.admin import AdminClient
+
     from storage.kafka.topics import ensure_topics
 
     ensure_topics(database)
-    return database
+    yield database
+    admin = AdminClient({"bootstrap.servers": database.kafka_bootstrap})
+    mine = [t for t in admin.list_topics(timeout=30).topics if t.startswith(database.kafka_topic_prefix)]
+    for future in admin.delete_topics(mine, operation_timeout=30).values() if mine else ():
+        future.result(timeout=60)
 
 
 @pytest.fixture(scope="session")

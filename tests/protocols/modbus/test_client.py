@@ -76,7 +76,8 @@ async def test_timeout_fault_times_out_and_endpoint_stays_usable(sim: Sim) -> No
             await endpoint.read_device(PROFILES[d.profile], d.unit_id)
         elapsed = time.monotonic() - started
         assert info.value.kind is FailureKind.TIMEOUT and info.value.retriable
-        assert TIMEOUT_S <= elapsed < TIMEOUT_S + 0.3
+        # Our timeout, not pymodbus's own (3 s): the upper bound leaves room for a busy machine.
+        assert TIMEOUT_S <= elapsed < TIMEOUT_S + 2.0
         running.set_fault(d.device_id, "none")
         assert await _read(d, endpoint)  # same connection, no reconnect needed
         await endpoint.connect()  # and a reconnect works too
@@ -104,14 +105,15 @@ async def test_exception_fault_is_a_typed_exception_code(sim: Sim, code: int, me
 async def test_drop_fault_loses_the_connection(sim: Sim) -> None:
     running, _ = sim
     d = _device(running, "sdm630", port_index=1)
-    endpoint = ModbusEndpoint(d.host, d.port, TIMEOUT_S)
+    long_timeout_s = 5.0  # so "noticed at once" and "noticed at the timeout" stay apart on a busy machine
+    endpoint = ModbusEndpoint(d.host, d.port, long_timeout_s)
     await endpoint.connect()
     running.set_fault(d.device_id, "drop")
     try:
         started = time.monotonic()
         with pytest.raises(ModbusConnectionLostError) as info:
             await endpoint.read_device(PROFILES[d.profile], d.unit_id)
-        assert time.monotonic() - started < TIMEOUT_S  # noticed at once, not at the timeout
+        assert time.monotonic() - started < long_timeout_s / 2  # noticed at once, not at the timeout
         assert info.value.kind is FailureKind.CONNECTION_LOST
         with pytest.raises(ModbusError) as again:
             await endpoint.read_device(PROFILES[d.profile], d.unit_id)
