@@ -77,7 +77,7 @@ class DeviceProcessorCore(ConsumerStage):
         out: list[OutMessage] = []
         n_readings = 0
         for m, item in items:
-            at = SourcePosition(m.partition() or 0, m.offset() or 0)
+            at = SourcePosition(m.partition() or 0, m.offset() or 0, m.topic())
             state = work.get(item.device_id) or self._states[item.device_id]
             if not state.applies(at):
                 self.skipped += 1

@@ -29,16 +29,22 @@ FUTURE_TOLERANCE_MS = 5 * 60 * 1000  # readings further ahead than this carry FU
 
 @dataclass(frozen=True, slots=True, order=True)
 class SourcePosition:
-    """Where an item came from: a Kafka partition of the input topic and the offset in it."""
+    """Where an item came from: a partition of the input topic, the offset in it, and the topic.
+
+    The topic is part of the position: offsets of another topic (recreated, or read under another
+    prefix) are not comparable, and comparing them would skip that topic's items as "already
+    applied" — a silent loss. None: unknown (a checkpoint written before positions named their topic).
+    """
 
     partition: int
     offset: int
+    topic: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
 class DeviceCheckpoint:
     """A device's state as a processor checkpoints it; `counters` maps OBIS code → [ts_ms, value];
-    `source_partition`/`source_offset` are the input position of the last item applied."""
+    `source_topic`/`source_partition`/`source_offset` are the input position of the last item applied."""
 
     device_id: str
     status: str
@@ -50,6 +56,7 @@ class DeviceCheckpoint:
     counters: dict[str, Any]
     source_partition: int | None = None
     source_offset: int | None = None
+    source_topic: str | None = None
 
 
 @dataclass(slots=True)
@@ -65,9 +72,14 @@ class DeviceState:
     position: SourcePosition | None = None  # input position of the last item applied
 
     def applies(self, at: SourcePosition) -> bool:
-        """False for an item at or below the last applied position of the same partition. An item
-        from another partition applies (the topic was repartitioned: offsets are not comparable)."""
-        return self.position is None or at.partition != self.position.partition or at.offset > self.position.offset
+        """False for an item at or below the last applied position of the same topic and partition. An
+        item from another topic or partition applies (offsets there are not comparable)."""
+        p = self.position
+        if p is None or at.partition != p.partition:
+            return True
+        if p.topic is not None and at.topic is not None and at.topic != p.topic:
+            return True
+        return at.offset > p.offset
 
     def apply(self, item: ReadingBatch | PollFailure, now_ms: int,
               at: SourcePosition | None = None) -> tuple[ReadingBatch | None, list[DeviceEvent]]:
@@ -135,12 +147,13 @@ class DeviceState:
             {q: [ts, v] for q, (ts, v) in self.counters.items()},
             None if self.position is None else self.position.partition,
             None if self.position is None else self.position.offset,
+            None if self.position is None else self.position.topic,
         )
 
     @classmethod
     def from_checkpoint(cls, row: DeviceCheckpoint) -> "DeviceState":
         position = (None if row.source_partition is None or row.source_offset is None
-                    else SourcePosition(row.source_partition, row.source_offset))
+                    else SourcePosition(row.source_partition, row.source_offset, row.source_topic))
         return cls(
             row.device_id, DeviceStatus(row.status), _ms(row.last_seen), row.last_failure_kind, row.last_failure,
             _ms(row.last_failure_at), row.consecutive_failures,

@@ -129,7 +129,7 @@ async def load_states(
     rows = await conn.fetch(
         """
         SELECT device_id, status, last_seen, last_failure_kind, last_failure, last_failure_at,
-               consecutive_failures, counters::text AS counters, source_partition, source_offset
+               consecutive_failures, counters::text AS counters, source_partition, source_offset, source_topic
         FROM devices.device_state WHERE device_id = ANY($1::text[])
         """,
         list(device_ids),
@@ -138,32 +138,36 @@ async def load_states(
         r["device_id"]: DeviceCheckpoint(
             r["device_id"], r["status"], r["last_seen"], r["last_failure_kind"], r["last_failure"],
             r["last_failure_at"], r["consecutive_failures"], orjson.loads(r["counters"]),
-            r["source_partition"], r["source_offset"],
+            r["source_partition"], r["source_offset"], r["source_topic"],
         )
         for r in rows
     }
 
 
 async def save_states(conn: asyncpg.Connection | asyncpg.Pool, states: Iterable[DeviceCheckpoint]) -> None:
-    """Upsert checkpoints. A checkpoint never moves back on its partition: a processor that lost the
-    device's partition in a rebalance and saves late cannot overwrite its successor's newer state."""
+    """Upsert checkpoints. A checkpoint never moves back on its topic partition: a processor that lost
+    the device's partition in a rebalance and saves late cannot overwrite its successor's newer state."""
     await conn.executemany(
         """
         INSERT INTO devices.device_state AS s (device_id, status, last_seen, last_failure_kind, last_failure,
-            last_failure_at, consecutive_failures, counters, source_partition, source_offset, updated_at)
-        VALUES ($1, $2, $3, $4, $5, $6, $7, $8::jsonb, $9, $10, now())
+            last_failure_at, consecutive_failures, counters, source_partition, source_offset, source_topic,
+            updated_at)
+        VALUES ($1, $2, $3, $4, $5, $6, $7, $8::jsonb, $9, $10, $11, now())
         ON CONFLICT (device_id) DO UPDATE SET status = excluded.status, last_seen = excluded.last_seen,
             last_failure_kind = excluded.last_failure_kind, last_failure = excluded.last_failure,
             last_failure_at = excluded.last_failure_at, consecutive_failures = excluded.consecutive_failures,
             counters = excluded.counters, source_partition = excluded.source_partition,
-            source_offset = excluded.source_offset, updated_at = now()
+            source_offset = excluded.source_offset, source_topic = excluded.source_topic, updated_at = now()
         WHERE s.source_offset IS NULL OR excluded.source_offset IS NULL
             OR s.source_partition IS DISTINCT FROM excluded.source_partition
+            OR (s.source_topic IS NOT NULL AND excluded.source_topic IS NOT NULL
+                AND s.source_topic <> excluded.source_topic)
             OR excluded.source_offset > s.source_offset
         """,
         [
             (s.device_id, s.status, s.last_seen, s.last_failure_kind, s.last_failure, s.last_failure_at,
-             s.consecutive_failures, orjson.dumps(s.counters).decode(), s.source_partition, s.source_offset)
+             s.consecutive_failures, orjson.dumps(s.counters).decode(), s.source_partition, s.source_offset,
+             s.source_topic)
             for s in states
         ],
     )

@@ -90,6 +90,18 @@ def test_an_item_from_another_partition_applies() -> None:
     assert state.consecutive_failures == 2 and state.position == SourcePosition(3, 2)
 
 
+def test_an_item_from_another_topic_applies_whatever_its_offset() -> None:
+    # Fresh topics (recreated, or another prefix) start at offset 0: skipping their items as "already
+    # applied" because a previous topic had reached offset 16,000 would lose every one of them.
+    state = DeviceState("m-1")
+    state.apply(failure(NOW), NOW, SourcePosition(0, 16_000, "old.readings.raw"))
+    assert not state.applies(SourcePosition(0, 5, "old.readings.raw"))
+    assert state.applies(SourcePosition(0, 5, "new.readings.raw"))
+    state.apply(failure(NOW + 1000), NOW, SourcePosition(0, 5, "new.readings.raw"))
+    assert state.consecutive_failures == 2 and state.position == SourcePosition(0, 5, "new.readings.raw")
+    assert DeviceState.from_checkpoint(state.checkpoint()) == state
+
+
 def test_a_working_copy_does_not_touch_the_original() -> None:
     state = DeviceState("m-1")
     state.apply(batch(NOW, 100.0), NOW, SourcePosition(0, 1))
