@@ -158,7 +158,7 @@ class ModbusShardCore:
     async def _poll_connection(self, conn: ModbusConnection) -> None:
         conn = await self._usable_part(conn)  # bad configuration fails per device, typed, and never raises
         interval_ms = int(conn.poll_interval_s * 1000)
-        phase_ms = zlib.crc32(conn.connection_id.encode()) % interval_ms
+        phase_ms = _phase_ms(conn.connection_id, interval_ms)
         endpoint = ModbusEndpoint(conn.host, conn.port, conn.timeout_s)
         backoff = Backoff(cap_s=30.0)
         connected = False
@@ -225,7 +225,7 @@ class ModbusShardCore:
         # An interval the configuration got wrong is not trusted for reporting: 1 s .. 60 s.
         interval_s = conn.poll_interval_s if math.isfinite(conn.poll_interval_s) else 60.0
         interval_ms = int(min(max(interval_s, 1.0), 60.0) * 1000)
-        phase_ms = zlib.crc32(conn.connection_id.encode()) % interval_ms
+        phase_ms = _phase_ms(conn.connection_id, interval_ms)
         while True:
             slot = _next_slot(_now_ms(), interval_ms, phase_ms)
             await asyncio.sleep(max(0.0, (slot - _now_ms()) / 1000))
@@ -363,6 +363,11 @@ class ModbusShardCore:
 
 def _now_ms() -> int:
     return int(time.time() * 1000)
+
+
+def _phase_ms(connection_id: str, interval_ms: int) -> int:
+    """Where a connection's slots sit in its interval: stable per connection, spread over all of them."""
+    return zlib.crc32(connection_id.encode()) % interval_ms
 
 
 def _next_slot(after_ms: float, interval_ms: int, phase_ms: int) -> int:

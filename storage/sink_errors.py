@@ -14,14 +14,9 @@ from __future__ import annotations
 from enum import Enum
 
 import asyncpg
-from confluent_kafka import KafkaException
+from confluent_kafka import KafkaError, KafkaException
 
-from storage.kafka.producer import DeliveryError
-
-# librdkafka error names that belong to one record, not to the connection (they appear in the
-# DeliveryError's text as `code=NAME`).
-_KAFKA_RECORD_ERRORS = ("MSG_SIZE_TOO_LARGE", "INVALID_RECORD", "RECORD_LIST_TOO_LARGE", "CORRUPT_MESSAGE",
-                        "INVALID_MSG", "INVALID_MSG_SIZE")
+from storage.kafka.producer import RECORD_ERRORS, DeliveryError
 
 _PG_DATA = (asyncpg.DataError, asyncpg.IntegrityConstraintViolationError, asyncpg.ProgramLimitExceededError)
 
@@ -34,10 +29,14 @@ class SinkError(Enum):
 def classify(err: BaseException) -> SinkError:
     if isinstance(err, _PG_DATA):
         return SinkError.DATA
-    if isinstance(err, DeliveryError | KafkaException):
-        text = str(err)
-        if any(f"code={name}" in text or f"_{name}" in text for name in _KAFKA_RECORD_ERRORS):
-            return SinkError.DATA
+    if isinstance(err, DeliveryError):
+        kafka_error: object = err.error
+    elif isinstance(err, KafkaException):
+        kafka_error = err.args[0]
+    else:
+        return SinkError.TRANSIENT
+    if isinstance(kafka_error, KafkaError) and kafka_error.code() in RECORD_ERRORS:
+        return SinkError.DATA
     return SinkError.TRANSIENT
 
 

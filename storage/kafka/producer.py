@@ -18,12 +18,16 @@ OutMessage = tuple[str, int, bytes | None, bytes]  # (topic, partition, key, val
 class DeliveryError(RuntimeError):
     """Kafka refused or lost a message; the caller must not commit what it came from."""
 
+    def __init__(self, error: KafkaError) -> None:
+        super().__init__(str(error))
+        self.error = error
 
-# Errors that re-producing the same message cannot cure: the record itself is refused.
-_PERMANENT = frozenset({KafkaError.MSG_SIZE_TOO_LARGE, KafkaError.INVALID_MSG,
-                        KafkaError.INVALID_MSG_SIZE, KafkaError.INVALID_RECORD,
-                        KafkaError.RECORD_LIST_TOO_LARGE, KafkaError.TOPIC_AUTHORIZATION_FAILED,
-                        KafkaError._INVALID_ARG})
+
+# Errors about one record (its size or format), not about the way to the broker.
+RECORD_ERRORS = frozenset({KafkaError.MSG_SIZE_TOO_LARGE, KafkaError.INVALID_MSG, KafkaError.INVALID_MSG_SIZE,
+                           KafkaError.INVALID_RECORD, KafkaError.RECORD_LIST_TOO_LARGE})
+# Errors that re-producing the same message cannot cure: the record itself is refused, or the rights.
+_PERMANENT = RECORD_ERRORS | {KafkaError.TOPIC_AUTHORIZATION_FAILED, KafkaError._INVALID_ARG}
 
 
 def is_permanent(err: KafkaError) -> bool:
@@ -80,7 +84,7 @@ class AsyncProducer:
         errors = await self.deliver(list(messages))
         first = next((e for e in errors if e is not None), None)
         if first is not None:
-            raise DeliveryError(str(first))
+            raise DeliveryError(first)
 
     async def deliver(self, batch: list[OutMessage]) -> list[KafkaError | None]:
         """Produce every message; once each has its delivery report, return them by position
