@@ -20,11 +20,13 @@ from meterray.domain import (
     PollFailure,
     Quality,
     ReadingBatch,
+    Value,
 )
 from meterray.quantities import QUANTITIES
 
 OFFLINE_AFTER_FAILURES = 3  # consecutive failed polls; one or two only make a device degraded
 FUTURE_TOLERANCE_MS = 5 * 60 * 1000  # readings further ahead than this carry FUTURE_TIMESTAMP
+_CUMULATIVE = frozenset(obis for obis, q in QUANTITIES.items() if q.cumulative)
 
 
 @dataclass(frozen=True, slots=True, order=True)
@@ -100,8 +102,7 @@ class DeviceState:
         values = []
         for v in batch.values:
             flags = v.quality | future
-            q = QUANTITIES.get(v.quantity)
-            if q is not None and q.cumulative:
+            if v.quantity in _CUMULATIVE:
                 prev = self.counters.get(v.quantity)
                 if prev is None or batch.ts_ms > prev[0]:
                     if prev is not None and v.value < prev[1]:
@@ -109,7 +110,7 @@ class DeviceState:
                         events.append(self._event(batch.ts_ms, "counter_decrease",
                                                   f"{v.quantity} went from {prev[1]} to {v.value}"))
                     self.counters[v.quantity] = (batch.ts_ms, v.value)
-            values.append(v if flags == v.quality else replace(v, quality=int(flags)))
+            values.append(v if flags == v.quality else Value(v.quantity, v.value, v.unit, int(flags)))
         if self.last_seen_ms is None or batch.ts_ms > self.last_seen_ms:
             self.last_seen_ms = batch.ts_ms
         self.consecutive_failures = 0

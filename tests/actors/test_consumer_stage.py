@@ -61,7 +61,7 @@ class Feed:
                 t += 200
                 batch = [(d, t) for d in self.devices]
                 await p.send_many((s.topic(topics.READINGS), topics.partition_for(d, s.kafka_partitions), d.encode(),
-                                   codec.encode(ReadingBatch(d, ts, "test", (Value("1-0:1.8.0", ts / 1e6, "kWh"),))))
+                                   codec.encode(ReadingBatch(d, ts, "test", (Value("1-0:1.8.0", ts / 1e6, "kWh", 0),))))
                                   for d, ts in batch)
                 self.sent.update(batch)
                 await asyncio.sleep(0.2)
@@ -222,7 +222,7 @@ async def test_records_postgres_refuses_as_data_are_dead_lettered_alone_and_the_
         out.sort(key=lambda r: r[1])
         async with AsyncProducer(s.kafka_bootstrap) as p:
             await p.send_many((s.topic(topics.READINGS), topics.partition_for(d, s.kafka_partitions), d.encode(),
-                               codec.encode(ReadingBatch(d, ts, "test", (Value("1-0:1.8.0", v, "kWh"),))))
+                               codec.encode(ReadingBatch(d, ts, "test", (Value("1-0:1.8.0", v, "kWh", 0),))))
                               for d, ts, v in out)
         feed.sent = set(good)
         async with _writer(s, s.pg_dsn, f"data-{uuid.uuid4().hex[:6]}") as w:
@@ -230,7 +230,7 @@ async def test_records_postgres_refuses_as_data_are_dead_lettered_alone_and_the_
             status = await w.ping()
         dead = [codec.decode_dead_letter(v) for _, v in read_topic(s.kafka_bootstrap, s.topic(topics.READINGS_DLQ))]
         assert sorted((d["raw"], d["stage"]) for d in dead) == sorted(
-            (codec.encode(ReadingBatch(dev, ts, "test", (Value("1-0:1.8.0", -666.0, "kWh"),))), "pg-writer")
+            (codec.encode(ReadingBatch(dev, ts, "test", (Value("1-0:1.8.0", -666.0, "kWh", 0),))), "pg-writer")
             for dev, ts in poison)
         for d in dead:
             assert d["reason"].startswith("refused by the sink: CheckViolationError") and "test_no_666" in d["reason"]

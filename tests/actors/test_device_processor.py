@@ -47,7 +47,7 @@ async def _produce(s: Settings, items: list[ReadingBatch | PollFailure]) -> None
 
 
 def _reading(device_id: str, ts: int, energy: float) -> ReadingBatch:
-    return ReadingBatch(device_id, ts, "test", (Value(ENERGY, energy, "kWh"),))
+    return ReadingBatch(device_id, ts, "test", (Value(ENERGY, energy, "kWh", 0),))
 
 
 def _failure(device_id: str, ts: int) -> PollFailure:

@@ -5,7 +5,7 @@ NOW = 1_764_000_000_000
 
 
 def batch(ts: int, energy: float, power: float = 1000.0) -> ReadingBatch:
-    return ReadingBatch("m-1", ts, "test", (Value("1-0:1.8.0", energy, "kWh"), Value("1-0:1.7.0", power, "W")))
+    return ReadingBatch("m-1", ts, "test", (Value("1-0:1.8.0", energy, "kWh", 0), Value("1-0:1.7.0", power, "W", 0)))
 
 
 def failure(ts: int, kind: FailureKind = FailureKind.TIMEOUT) -> PollFailure:
