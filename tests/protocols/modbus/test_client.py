@@ -260,3 +260,18 @@ async def test_bad_arguments_are_value_errors() -> None:
             await endpoint.read_registers(*args)
     with pytest.raises(ValueError):
         ModbusEndpoint("127.0.0.1", 1, 0)
+
+
+async def test_reads_under_uvloop_as_in_a_ray_actor(sim: Sim) -> None:
+    """Ray runs async actors on uvloop, whose transports are not asyncio's classes: read through one."""
+    import uvloop
+
+    running, _ = sim
+    d = _device(running, "wb-map3e")
+
+    async def read_once() -> dict[str, float]:
+        async with ModbusEndpoint(d.host, d.port, TIMEOUT_S) as endpoint:
+            return await _read(d, endpoint)
+
+    values = await asyncio.to_thread(uvloop.run, read_once())
+    assert set(values) == {f.quantity for f in PROFILES["wb-map3e"].fields}
