@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 from collections.abc import Collection, Iterable, Sequence
+from typing import Any
 
 import asyncpg
 import orjson
@@ -145,14 +146,35 @@ async def load_states(
 
 
 async def save_states(conn: asyncpg.Connection | asyncpg.Pool, states: Iterable[DeviceCheckpoint]) -> None:
-    """Upsert checkpoints. A checkpoint never moves back on its topic partition: a processor that lost
-    the device's partition in a rebalance and saves late cannot overwrite its successor's newer state."""
-    await conn.executemany(
+    """Upsert checkpoints (one per device; the last wins). A checkpoint never moves back on its topic
+    partition: a processor that lost the device's partition in a rebalance and saves late cannot
+    overwrite its successor's newer state.
+
+    One statement over arrays, not `executemany`: a processor checkpoints every device it touched in
+    each batch (2,000 a second at 2,000 meters/s), and one statement costs PostgreSQL a fraction of
+    as many single-row executions.
+    """
+    latest = {s.device_id: s for s in states}
+    if not latest:
+        return
+    columns: list[list[Any]] = [[] for _ in range(11)]
+    for s in latest.values():
+        for column, value in zip(columns, (
+                s.device_id, s.status, s.last_seen, s.last_failure_kind, s.last_failure, s.last_failure_at,
+                s.consecutive_failures, orjson.dumps(s.counters).decode(), s.source_partition, s.source_offset,
+                s.source_topic), strict=True):
+            column.append(value)
+    await conn.execute(
         """
         INSERT INTO devices.device_state AS s (device_id, status, last_seen, last_failure_kind, last_failure,
             last_failure_at, consecutive_failures, counters, source_partition, source_offset, source_topic,
             updated_at)
-        VALUES ($1, $2, $3, $4, $5, $6, $7, $8::jsonb, $9, $10, $11, now())
+        SELECT device_id, status, last_seen, last_failure_kind, last_failure, last_failure_at,
+            consecutive_failures, counters::jsonb, source_partition, source_offset, source_topic, now()
+        FROM unnest($1::text[], $2::text[], $3::timestamptz[], $4::text[], $5::text[], $6::timestamptz[],
+                    $7::integer[], $8::text[], $9::integer[], $10::bigint[], $11::text[])
+            AS t (device_id, status, last_seen, last_failure_kind, last_failure, last_failure_at,
+                  consecutive_failures, counters, source_partition, source_offset, source_topic)
         ON CONFLICT (device_id) DO UPDATE SET status = excluded.status, last_seen = excluded.last_seen,
             last_failure_kind = excluded.last_failure_kind, last_failure = excluded.last_failure,
             last_failure_at = excluded.last_failure_at, consecutive_failures = excluded.consecutive_failures,
@@ -164,12 +186,7 @@ async def save_states(conn: asyncpg.Connection | asyncpg.Pool, states: Iterable[
                 AND s.source_topic <> excluded.source_topic)
             OR excluded.source_offset > s.source_offset
         """,
-        [
-            (s.device_id, s.status, s.last_seen, s.last_failure_kind, s.last_failure, s.last_failure_at,
-             s.consecutive_failures, orjson.dumps(s.counters).decode(), s.source_partition, s.source_offset,
-             s.source_topic)
-            for s in states
-        ],
+        *columns,
     )
 
 

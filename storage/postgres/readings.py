@@ -16,11 +16,24 @@ def ts_from_ms(ts_ms: int) -> datetime:
     return datetime.fromtimestamp(ts_ms / 1000, tz=timezone.utc)
 
 
+_COLUMNS = "device_id, quantity, ts, value, unit, quality, source"
+# A batch holds each key once (the last one wins), sorted on the key: index inserts in key order.
+_BATCH = f"SELECT DISTINCT ON (device_id, quantity, ts) {_COLUMNS} FROM {_STAGE} ORDER BY device_id, quantity, ts"
+
+
 class ReadingsWriter:
-    """Idempotent batched writes: staged by COPY, then upserted on the key (device_id, quantity, ts)."""
+    """Idempotent batched writes: staged by COPY, then inserted on the key (device_id, quantity, ts).
+
+    Almost every batch holds only new keys; a replay (a stage restarted after its write and before its
+    commit) or a corrected value holds keys already stored. So the batch is first inserted plainly,
+    in a savepoint, and only when a key exists (unique violation) written again as an upsert: a plain
+    insert costs PostgreSQL about half of an `ON CONFLICT DO UPDATE` (speculative insertion on
+    every row), and both leave the same rows.
+    """
 
     def __init__(self) -> None:
         self._months: set[tuple[int, int]] = set()
+        self.upserts = 0  # batches that held keys already stored (replays and corrections)
 
     async def write(self, conn: asyncpg.Connection, rows: Sequence[ReadingRow]) -> None:
         if not rows:
@@ -30,23 +43,23 @@ class ReadingsWriter:
             await conn.execute(
                 f"CREATE TEMP TABLE IF NOT EXISTS {_STAGE} (LIKE monitoring.readings) ON COMMIT DELETE ROWS"
             )
-            await conn.copy_records_to_table(
-                _STAGE, records=rows,
-                columns=["device_id", "quantity", "ts", "value", "unit", "quality", "source"],
-            )
-            # A replayed message writes nothing new; a corrected value (same key) replaces the old one.
-            await conn.execute(
-                f"""
-                INSERT INTO monitoring.readings AS r (device_id, quantity, ts, value, unit, quality, source)
-                SELECT DISTINCT ON (device_id, quantity, ts) device_id, quantity, ts, value, unit, quality, source
-                FROM {_STAGE} ORDER BY device_id, quantity, ts
-                ON CONFLICT (device_id, quantity, ts) DO UPDATE
-                    SET value = excluded.value, unit = excluded.unit, quality = excluded.quality,
-                        source = excluded.source
-                    WHERE (r.value, r.unit, r.quality)
-                        IS DISTINCT FROM (excluded.value, excluded.unit, excluded.quality)
-                """
-            )
+            await conn.copy_records_to_table(_STAGE, records=rows, columns=_COLUMNS.split(", "))
+            try:
+                async with conn.transaction():
+                    await conn.execute(f"INSERT INTO monitoring.readings ({_COLUMNS}) {_BATCH}")
+            except asyncpg.UniqueViolationError:
+                self.upserts += 1
+                # A replayed message writes nothing new; a corrected value (same key) replaces the old one.
+                await conn.execute(
+                    f"""
+                    INSERT INTO monitoring.readings AS r ({_COLUMNS}) {_BATCH}
+                    ON CONFLICT (device_id, quantity, ts) DO UPDATE
+                        SET value = excluded.value, unit = excluded.unit, quality = excluded.quality,
+                            source = excluded.source
+                        WHERE (r.value, r.unit, r.quality)
+                            IS DISTINCT FROM (excluded.value, excluded.unit, excluded.quality)
+                    """
+                )
             await conn.execute(
                 f"""
                 INSERT INTO monitoring.readings_current AS c (device_id, quantity, ts, value, unit, quality)

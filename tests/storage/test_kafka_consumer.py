@@ -6,6 +6,7 @@ import asyncio
 import logging
 import socket
 import time
+from collections.abc import Callable
 
 import pytest
 
@@ -36,10 +37,14 @@ async def test_unreachable_brokers_return_nothing_and_are_logged_once(caplog: py
         await consumer.close()
 
 
-async def _drain(consumer: AsyncConsumer, seconds: float, rewind: bool = False) -> list:
+async def _drain(consumer: AsyncConsumer, seconds: float, rewind: bool = False,
+                 until: Callable[[list], bool] | None = None, timeout_s: float = 60.0) -> list:
+    """Consume for `seconds`; with `until`, until it holds for what was consumed (then `seconds` more)."""
     got: list = []
-    deadline = time.monotonic() + seconds
-    while time.monotonic() < deadline:
+    started = time.monotonic()
+    deadline = started + seconds
+    while time.monotonic() < deadline or (until is not None and not until(got)):
+        assert time.monotonic() - started < timeout_s, f"condition not met within {timeout_s}s"
         batch = await consumer.get_batch(100, timeout_s=0.3)
         if rewind and batch:
             consumer.rewind(batch)
@@ -67,7 +72,7 @@ async def test_partitions_assigned_while_paused_stay_paused_and_nothing_is_skipp
     b = AsyncConsumer(s.kafka_bootstrap, group, [topic])
     try:
         produce(b"x")
-        got_a = await _drain(a, 4)
+        got_a = await _drain(a, 2, until=lambda got: len(got) >= 40)
         await a.commit(got_a)
         deadline = time.monotonic() + 30
         while not (a.owned() and b.owned()):  # b joins: the partitions are shared
@@ -77,11 +82,11 @@ async def test_partitions_assigned_while_paused_stay_paused_and_nothing_is_skipp
         a.pause()
         produce(b"y")
         await b.close()  # leaves: its partitions move to a, which is paused
-        stray = await _drain(a, 8, rewind=True)
-        assert set(a.owned()) >= taken_by_b, "the paused consumer did not take the partitions over"
+        # Until a owns b's partitions, and 3 s more: a fetch from them would show up meanwhile.
+        stray = await _drain(a, 3, rewind=True, until=lambda _: set(a.owned()) >= taken_by_b)
         assert stray == [], "a partition assigned during the pause was fetched"
         a.resume()
-        after = await _drain(a, 6)
+        after = await _drain(a, 1, until=lambda got: {m.value() for m in got} >= {b"y%d" % i for i in range(40)})
         values = sorted(m.value() for m in got_a + after)
         # x: whatever a had not committed before b took it comes again; y: all of it, once.
         assert [v for v in values if v.startswith(b"y")] == sorted(b"y%d" % i for i in range(40))

@@ -25,8 +25,10 @@ async def test_archive_write_is_idempotent_and_current_keeps_the_latest(database
     try:
         writer = readings.ReadingsWriter()
         start = datetime(2031, 3, 5, 12, 0, tzinfo=timezone.utc)  # a month no partition exists for yet
-        await writer.write(conn, _rows("w-1", start, 10))
-        await writer.write(conn, _rows("w-1", start, 10))  # a replayed batch
+        await writer.write(conn, _rows("w-1", start, 5))
+        assert writer.upserts == 0  # only new keys: the plain insert took them
+        await writer.write(conn, _rows("w-1", start, 10))  # a replay of the first five, and five new ones
+        assert writer.upserts == 1  # the plain insert met stored keys and the batch was upserted instead
         await readings.ReadingsWriter().write(conn, _rows("w-1", start, 5))  # replayed by another writer, older
         count = await conn.fetchval("SELECT count(*) FROM monitoring.readings WHERE device_id = 'w-1'")
         assert count == 10
