@@ -32,11 +32,12 @@ import psutil
 
 from bench.knee import HOLD_FRACTION, KneePlan, bounds, held, next_probe
 from meterray.settings import REPO_ROOT, Settings
-from storage.postgres.databases import recreate_database
+from storage.postgres.databases import drop_database, recreate_database
 from storage.postgres.readings import count_readings
 
 RESULTS = REPO_ROOT / "bench" / "results"
-SIM_BASE_PORT = 17020
+# The simulator's first port; METERRAY_BENCH_SIM_PORT moves it (two benches on one machine need two ranges).
+SIM_BASE_PORT = int(os.environ.get("METERRAY_BENCH_SIM_PORT", "17020"))
 WARMUP_S = 10.0
 PG_GRACE_S = 60.0  # plain run: how long the writers may take to catch up after the window
 KNEE_PG_GRACE_S = 15.0  # knee probe: readings of the window must be in PostgreSQL this soon after it
@@ -302,6 +303,7 @@ class Rig:
     devices: list[dict[str, Any]]  # the simulator's manifest, port by port
     sim: subprocess.Popen[bytes]
     startup_s: float
+    server_dsn: str  # the database the bench's own was created beside (and is dropped from)
 
     def manifest_for(self, meters: int) -> Path:
         """A manifest of the first `meters` meters (whole ports first, in port order)."""
@@ -327,7 +329,9 @@ def start_rig(settings: Settings, meters: int, units_per_port: int) -> Rig:
         _say(f"warning: open-files limit {new} is below the ~{need} the simulator needs for {ports} ports; "
              "raise the hard limit (ulimit -Hn) first")
     run_id = uuid.uuid4().hex[:6]
-    dsn = asyncio.run(recreate_database(settings.pg_dsn, "meterray_bench"))
+    server_dsn = settings.pg_dsn
+    # A database per run, dropped at the end: a second bench on the same server cannot wipe this one's.
+    dsn = asyncio.run(recreate_database(settings.pg_dsn, f"meterray_bench_{run_id}"))
     settings = settings.model_copy(update={"pg_dsn": dsn, "kafka_topic_prefix": f"bench-{run_id}.",
                                            "ray_namespace": f"meterray-bench-{run_id}"})
     (settings.var_dir / "log").mkdir(parents=True, exist_ok=True)
@@ -337,12 +341,13 @@ def start_rig(settings: Settings, meters: int, units_per_port: int) -> Rig:
     sim = start_simulator(settings, meters, units_per_port, SIM_BASE_PORT, manifest)
     startup_s = time.monotonic() - started
     _say(f"simulator: ready in {startup_s:.1f} s, RSS {psutil.Process(sim.pid).memory_info().rss / 2**20:.0f} MiB")
-    return Rig(settings, run_id, json.loads(manifest.read_text()), sim, startup_s)
+    return Rig(settings, run_id, json.loads(manifest.read_text()), sim, startup_s, server_dsn)
 
 
 def stop_rig(rig: Rig) -> None:
     os.killpg(rig.sim.pid, signal.SIGTERM)
     rig.sim.wait(timeout=30)
+    asyncio.run(drop_database(rig.server_dsn, f"meterray_bench_{rig.run_id}"))
 
 
 def _create_topics(settings: Settings) -> None:
