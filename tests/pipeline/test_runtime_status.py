@@ -7,7 +7,9 @@ import json
 import os
 import subprocess
 import sys
+from collections.abc import Callable
 
+import pytest
 import ray
 from ray.util.state import list_actors
 
@@ -47,19 +49,41 @@ def test_every_actor_shows_its_name_in_the_dashboard_actor_list(runtime: dict) -
     assert not [a for a in alive if a.class_name in ours and not a.name]
 
 
+def _assignments(actors: list[dict]) -> dict[str, tuple[str, int, list[str]]]:
+    return {a["name"]: (a["role"], a["connections"], sorted(a["connection_ids"])) for a in actors}
+
+
+def _supervisor_assignments(runtime: dict) -> dict[str, tuple[str, int, list[str]]]:
+    return {name: (c["role"], c["connections"], sorted(c["connection_ids"])) for name, c in _children(runtime).items()}
+
+
+def _settled(runtime: dict, view: Callable[[], dict | None]) -> dict:
+    """A view whose assignments are the supervisor's and cover exactly the enabled connections. Earlier
+    tests change connections; the supervisor applies a change within a reconcile, so wait for that."""
+    enabled_sql = "SELECT id FROM devices.connections WHERE enabled"
+
+    def check() -> dict | None:
+        body = view()
+        if body is None or _assignments(body["actors"]) != _supervisor_assignments(runtime):
+            return None
+        enabled = sorted(r["id"] for r in sql(runtime["settings"].pg_dsn, enabled_sql))
+        return body if sorted(c for a in body["actors"] for c in a["connection_ids"]) == enabled else None
+
+    return wait_for(check, 90, "the runtime view to show the supervisor's assignment of every enabled connection",
+                    every_s=1.0)  # type: ignore[return-value]  # wait_for returns what check returned
+
+
 def test_runtime_endpoint_shows_actors_assignments_rates_lag_and_device_states(runtime: dict) -> None:
     settings, api = runtime["settings"], runtime["api"]
-    children = _children(runtime)
-    status, body = http("GET", f"{api}/api/v1/runtime?window_s=2")
-    assert status == 200, body
-    actors = {a["name"]: a for a in body["actors"]}
-    assert actors.keys() == children.keys()
-    for name, child in children.items():
-        assert actors[name]["role"] == child["role"]
-        assert sorted(actors[name]["connection_ids"]) == sorted(child["connection_ids"])
-        assert actors[name]["connections"] == child["connections"]
-    enabled = sql(settings.pg_dsn, "SELECT id FROM devices.connections WHERE enabled")
-    assert sorted(c for a in body["actors"] for c in a["connection_ids"]) == sorted(r["id"] for r in enabled)
+
+    def endpoint() -> dict | None:
+        status, body = http("GET", f"{api}/api/v1/runtime?window_s=2")
+        assert status == 200, body
+        return body
+
+    body = _settled(runtime, endpoint)
+    assert {a["role"] for a in body["actors"]} == set(CLASS_OF_ROLE)
+    assert len([a for a in body["actors"] if a["role"] == "modbus-shard"]) >= 2
     assert body["window_s"] >= 2
     # 12 meters polled every second: the shards together poll about 12 times per second.
     assert body["totals_per_s"]["modbus-shard.polls_ok"] > 3
@@ -88,8 +112,13 @@ def _meterray(runtime: dict, *args: str) -> str:
 def test_meterray_status_shows_the_shards_their_counts_and_the_devices(runtime: dict) -> None:
     settings = runtime["settings"]
     wait_for(lambda: _device_states(settings.pg_dsn).get("online"), 60, "some device to be online")
+    view = _settled(runtime, lambda: json.loads(_meterray(runtime, "status", "--interval", "1", "--json")))
+    assert view["totals_per_s"]["modbus-shard.polls_ok"] > 3
     children = _children(runtime)
     out = _meterray(runtime, "status", "--interval", "1")
+    if _supervisor_assignments(runtime) != {n: (c["role"], c["connections"], sorted(c["connection_ids"]))
+                                            for n, c in children.items()}:
+        pytest.fail("the assignment changed while `meterray status` ran; nothing should change it now")
     for name, child in children.items():
         row = next((line for line in out.splitlines() if line.startswith(name + " ")), None)
         assert row is not None, out
@@ -103,7 +132,3 @@ def test_meterray_status_shows_the_shards_their_counts_and_the_devices(runtime: 
     assert "online" in devices
     total = next(line for line in out.splitlines() if line.strip().startswith("total"))
     assert int(total.split()[1]) == sum(_device_states(settings.pg_dsn).values())
-
-    view = json.loads(_meterray(runtime, "status", "--interval", "1", "--json"))
-    assert {a["name"] for a in view["actors"]} == children.keys()
-    assert view["totals_per_s"]["modbus-shard.polls_ok"] > 3
