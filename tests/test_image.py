@@ -3,7 +3,12 @@ the manifests and ray_cluster.yaml name the image of this project version and th
 from __future__ import annotations
 
 import re
+import shutil
+import subprocess
+import sys
 import tomllib
+import zipfile
+from pathlib import Path
 
 import pytest
 import ray
@@ -65,3 +70,32 @@ def test_ray_cluster_yaml_runs_this_image() -> None:
     config = yaml.safe_load((REPO_ROOT / "ray_cluster.yaml").read_text())
     assert config["docker"]["image"] == IMAGE
     assert f"docker build -t {IMAGE} ." in DOCKERFILE
+
+
+def test_the_wheel_the_image_installs_holds_every_package_the_serve_config_imports(tmp_path: Path) -> None:
+    # What the build stage copies, and nothing more, must make a wheel with the whole project in it.
+    build = DOCKERFILE.split("AS build", 1)[1].split("\nFROM ", 1)[0]
+    copied = [src for line in re.findall(r"^COPY (.+)$", build, re.MULTILINE) for src in line.split()[:-1]]
+    setuptools = tomllib.loads((REPO_ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]
+    packages = {p.rstrip("*") for p in setuptools["packages"]["find"]["include"]}
+    assert packages <= set(copied), packages - set(copied)
+    for src in copied:
+        (shutil.copytree if (REPO_ROOT / src).is_dir() else shutil.copy)(REPO_ROOT / src, tmp_path / src)
+    pip_wheel = [sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "--no-index", "--no-build-isolation"]
+    done = subprocess.run([*pip_wheel, "-w", str(tmp_path / "dist"), str(tmp_path)], capture_output=True, text=True,
+                          timeout=300)
+    assert done.returncode == 0, done.stderr
+    (wheel,) = (tmp_path / "dist").glob("meterray-*.whl")
+    names = set(zipfile.ZipFile(wheel).namelist())
+    serve_config = yaml.safe_load((REPO_ROOT / "k8s" / "base" / "serve_config.yaml").read_text())
+    for app in serve_config["applications"]:
+        assert app["import_path"].split(":")[0].replace(".", "/") + ".py" in names
+    migrations = {p.name for p in (REPO_ROOT / "storage" / "postgres" / "migrations").glob("*.sql")}
+    assert migrations and {n.rsplit("/", 1)[-1] for n in names if n.startswith("storage/postgres/migrations/")} \
+        == migrations
+    meta = zipfile.ZipFile(wheel)
+    dist_info = next(n.split("/")[0] for n in names if n.endswith(".dist-info/METADATA"))
+    assert "meterray = meterray.app.cli:main" in meta.read(f"{dist_info}/entry_points.txt").decode()
+    requires = [line for line in meta.read(f"{dist_info}/METADATA").decode().splitlines()
+                if line.startswith("Requires-Dist: ray")]
+    assert [Requirement(r.split(": ", 1)[1]) for r in requires] == [_ray_requirement()]

@@ -5,14 +5,17 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
+import threading
 from collections.abc import Callable
 
 import pytest
 import ray
 from ray.util.state import list_actors
 
+from meterray.app.status import CLEAR
 from meterray.settings import REPO_ROOT
 from tests.conftest import wait_for
 from tests.pipeline.helpers import http, sql
@@ -97,13 +100,16 @@ def test_runtime_endpoint_shows_actors_assignments_rates_lag_and_device_states(r
     assert status == 422
 
 
-def _meterray(runtime: dict, *args: str) -> str:
+def _env(runtime: dict) -> dict[str, str]:
     settings = runtime["settings"]
-    env = {**os.environ, "PYTHONPATH": str(REPO_ROOT), "METERRAY_RAY_ADDRESS": ray.get_runtime_context().gcs_address,
-           "METERRAY_RAY_NAMESPACE": settings.ray_namespace, "METERRAY_PG_DSN": settings.pg_dsn,
-           "METERRAY_KAFKA_BOOTSTRAP": settings.kafka_bootstrap,
-           "METERRAY_KAFKA_TOPIC_PREFIX": settings.kafka_topic_prefix}
-    done = subprocess.run([sys.executable, "-m", "meterray.app.cli", *args], env=env, capture_output=True,
+    return {**os.environ, "PYTHONPATH": str(REPO_ROOT), "METERRAY_RAY_ADDRESS": ray.get_runtime_context().gcs_address,
+            "METERRAY_RAY_NAMESPACE": settings.ray_namespace, "METERRAY_PG_DSN": settings.pg_dsn,
+            "METERRAY_KAFKA_BOOTSTRAP": settings.kafka_bootstrap,
+            "METERRAY_KAFKA_TOPIC_PREFIX": settings.kafka_topic_prefix}
+
+
+def _meterray(runtime: dict, *args: str) -> str:
+    done = subprocess.run([sys.executable, "-m", "meterray.app.cli", *args], env=_env(runtime), capture_output=True,
                           text=True, timeout=120)
     assert done.returncode == 0, done.stderr
     return done.stdout
@@ -132,3 +138,18 @@ def test_meterray_status_shows_the_shards_their_counts_and_the_devices(runtime: 
     assert "online" in devices
     total = next(line for line in out.splitlines() if line.strip().startswith("total"))
     assert int(total.split()[1]) == sum(_device_states(settings.pg_dsn).values())
+
+
+def test_meterray_status_watch_refreshes_the_screen_until_interrupted(runtime: dict) -> None:
+    proc = subprocess.Popen([sys.executable, "-m", "meterray.app.cli", "status", "--watch", "--interval", "1"],
+                            env=_env(runtime), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    screens: list[str] = []
+    reader = threading.Thread(target=lambda: screens.extend(iter(proc.stdout.readline, "")), daemon=True)
+    reader.start()
+    try:
+        wait_for(lambda: "".join(screens).count(CLEAR) >= 3, 90, "three refreshes of `meterray status --watch`")
+    finally:
+        proc.send_signal(signal.SIGINT)
+        assert proc.wait(timeout=30) == 0, proc.stderr.read() if proc.stderr else ""
+    refreshes = "".join(screens).split(CLEAR)[1:]
+    assert all("modbus-shard-0" in screen and "CONSUMER LAG" in screen for screen in refreshes[:3])
