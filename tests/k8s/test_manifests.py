@@ -123,6 +123,7 @@ def test_secrets_are_references_never_literals(target: str) -> None:
 def test_the_ray_topology_head_without_work_ingestion_workers_and_gcs_on_redis(target: str) -> None:
     objects = render(target)
     cluster = one(objects, "RayService")["spec"]["rayClusterConfig"]
+    assert cluster["authOptions"] == {"mode": "token"}  # Ray 2.60 default: KubeRay makes and wires the token
     assert cluster["headGroupSpec"]["rayStartParams"]["num-cpus"] == "0"
     groups = {g["groupName"]: g for g in cluster["workerGroupSpecs"]}
     assert set(groups) == {"ingestion", "serve"}
