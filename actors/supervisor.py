@@ -40,6 +40,7 @@ from ray.actor import ActorHandle
 from actors import metrics
 from actors.device_processor import DeviceProcessor
 from actors.modbus_shard import ModbusShard
+from actors.naming import create_named
 from actors.pg_writer import PgWriter
 from meterray.domain import ModbusConnection
 from meterray.settings import Settings
@@ -251,7 +252,8 @@ class Supervisor:
                 log.warning("reconcile failed: %s", err)
 
     async def _launch(self, child: Child) -> None:
-        child.handle = child.actor_class.remote(self._settings, child.name)
+        child.handle = await create_named(child.actor_class, child.name, self._settings.ray_namespace,
+                                          self._settings, child.name)
         if child.role == "modbus-shard":
             result = await child.handle.assign.remote(child.assignment)
             child.started += result["started"]

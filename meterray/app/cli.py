@@ -25,7 +25,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("action", choices=["up", "down", "status"])
     p.add_argument("names", nargs="*", help="postgres, kafka, mosquitto (default: all)")
 
-    sub.add_parser("migrate", help="apply PostgreSQL migrations and create the Kafka topics")
+    p = sub.add_parser("migrate", help="apply PostgreSQL migrations and create the Kafka topics")
+    p.add_argument("--no-topics", action="store_true",
+                   help="PostgreSQL only: the topics are managed elsewhere (on Kubernetes: Strimzi KafkaTopics)")
     p = sub.add_parser("settings", help="print the effective settings (passwords masked)")
     p.add_argument("--shell", action="store_true", help="as METERRAY_<NAME>=value lines for `eval` in a shell")
     p.add_argument("names", nargs="*", help="only these settings (e.g. pg_port kafka_port)")
@@ -43,7 +45,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--meters", type=int, default=50)
     p.add_argument("--interval", type=float, default=5.0)
 
-    sub.add_parser("status", help="the supervisor's view of every actor (needs a running runtime)")
+    p = sub.add_parser("status", help="the runtime on one screen: actors, assignments, rates, consumer lag, "
+                                      "restarts, devices per state (needs a running runtime)")
+    p.add_argument("--watch", action="store_true", help="refresh every --interval seconds until Ctrl-C")
+    p.add_argument("--interval", type=float, default=2.0, help="seconds between samples (rates), default 2")
+    p.add_argument("--json", action="store_true", help="the same view as GET /api/v1/runtime, as JSON")
 
     p = sub.add_parser("bench", help="benchmarks; results go to bench/results/*.json")
     bench_sub = p.add_subparsers(dest="scenario", required=True)
@@ -81,8 +87,11 @@ def _services(settings: Settings, args: argparse.Namespace) -> int:
 
 
 def _migrate(settings: Settings, args: argparse.Namespace) -> int:
-    from meterray.app.runtime import prepare_stores
+    from meterray.app.runtime import migrate_database, prepare_stores
 
+    if args.no_topics:
+        print(f"migrations applied: {migrate_database(settings.pg_dsn) or 'none (up to date)'}")
+        return 0
     done = prepare_stores(settings)
     print(f"migrations applied: {done['migrations'] or 'none (up to date)'}")
     print(f"topics created: {done['topics'] or 'none (all exist)'}")
@@ -128,14 +137,27 @@ def _demo(settings: Settings, args: argparse.Namespace) -> int:
 
 
 def _status(settings: Settings, args: argparse.Namespace) -> int:
+    import asyncio
+
     import ray
 
     from actors.supervisor import SUPERVISOR_NAME
     from meterray.app.runtime import init_ray
+    from meterray.app.status import show
 
+    if args.interval <= 0:
+        print("meterray status: --interval must be positive", file=sys.stderr)
+        return 2
     init_ray(settings.model_copy(update={"ray_address": settings.ray_address or "auto"}))
-    supervisor = ray.get_actor(SUPERVISOR_NAME, namespace=settings.ray_namespace)
-    print(json.dumps(ray.get(supervisor.status.remote()), indent=2, default=str))
+    try:
+        supervisor = ray.get_actor(SUPERVISOR_NAME, namespace=settings.ray_namespace)
+    except ValueError:
+        print(f"no supervisor in Ray namespace {settings.ray_namespace!r}: is meterray running?", file=sys.stderr)
+        return 1
+    try:
+        asyncio.run(show(settings, supervisor, args.watch, args.interval, args.json))
+    except KeyboardInterrupt:
+        pass
     return 0
 
 

@@ -10,6 +10,7 @@ import ray
 from ray import serve
 
 from meterray.settings import Settings
+from serve_apps.monitoring.runtime import ConsumerGroup, RuntimeSources
 
 log = logging.getLogger(__name__)
 
@@ -59,17 +60,31 @@ def start_ingestion(settings: Settings) -> Any:
     """Start (or find) the detached supervisor and let it build every ingestion actor."""
     from actors.supervisor import SUPERVISOR_NAME, Supervisor
 
-    options = {"name": SUPERVISOR_NAME, "lifetime": "detached", "get_if_exists": True}
+    # The namespace explicitly: a Serve replica (serve_entry.ingestion) runs in Serve's own namespace.
+    options = {"name": SUPERVISOR_NAME, "namespace": settings.ray_namespace, "lifetime": "detached",
+               "get_if_exists": True}
     supervisor = Supervisor.options(**options).remote(settings)  # type: ignore[attr-defined]
     ray.get(supervisor.start.remote())
     return supervisor
+
+
+def runtime_sources(settings: Settings) -> RuntimeSources:
+    """Where `GET /api/v1/runtime` and `meterray status` find the runtime: the supervisor and the consumer groups."""
+    from actors import device_processor, pg_writer
+    from actors.supervisor import SUPERVISOR_NAME
+    from storage.kafka import topics
+
+    groups = (ConsumerGroup("device-processor", settings.topic(device_processor.GROUP_ID),
+                            settings.topic(topics.READINGS_RAW)),
+              ConsumerGroup("pg-writer", settings.topic(pg_writer.GROUP_ID), settings.topic(topics.READINGS)))
+    return RuntimeSources(SUPERVISOR_NAME, settings.ray_namespace, settings.kafka_bootstrap, groups)
 
 
 def start_api(settings: Settings) -> str:
     from serve_apps.monitoring.app import build_app
 
     serve.start(http_options={"host": settings.api_host, "port": settings.api_port})
-    serve.run(build_app(settings), name="monitoring", route_prefix="/", blocking=False)
+    serve.run(build_app(settings, runtime_sources(settings)), name="monitoring", route_prefix="/", blocking=False)
     return f"http://{settings.api_host}:{settings.api_port}"
 
 

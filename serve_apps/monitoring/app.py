@@ -1,4 +1,4 @@
-"""The monitoring Serve application: a FastAPI ingress over PostgreSQL."""
+"""The monitoring Serve application: a FastAPI ingress over PostgreSQL (and the runtime's own status)."""
 from __future__ import annotations
 
 from fastapi import FastAPI
@@ -8,10 +8,13 @@ from ray.serve import Application
 from meterray.settings import Settings
 from serve_apps.deps import Db, configure_db
 from serve_apps.monitoring.routes import devices_router
+from serve_apps.monitoring.runtime import RuntimeSources
+from serve_apps.monitoring.runtime_routes import configure_runtime, runtime_router
 
 api = FastAPI(title="meterray monitoring", version="0.1.0",
               description="Devices, their current values and the readings archive.")
 api.include_router(devices_router)
+api.include_router(runtime_router)
 
 
 @api.get("/healthz", tags=["health"])
@@ -23,8 +26,9 @@ async def healthz(db: Db) -> dict[str, str]:
 @serve.deployment(name="monitoring", num_replicas=1, ray_actor_options={"num_cpus": 0})
 @serve.ingress(api)
 class MonitoringApi:
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: Settings, sources: RuntimeSources | None = None) -> None:
         self._db = configure_db(settings.pg_dsn)
+        configure_runtime(sources)
 
     async def check_health(self) -> None:
         """Serve marks the replica unhealthy (and replaces it) while PostgreSQL does not answer."""
@@ -32,5 +36,6 @@ class MonitoringApi:
         await pool.fetchval("SELECT 1")
 
 
-def build_app(settings: Settings) -> Application:
-    return MonitoringApi.bind(settings)  # type: ignore[attr-defined]  # added by @serve.deployment
+def build_app(settings: Settings, sources: RuntimeSources | None = None) -> Application:
+    """`sources` (where the supervisor and the consumer groups are) enables GET /api/v1/runtime."""
+    return MonitoringApi.bind(settings, sources)  # type: ignore[attr-defined]  # added by @serve.deployment

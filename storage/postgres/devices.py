@@ -215,3 +215,15 @@ async def delete_connections(conn: asyncpg.Connection | asyncpg.Pool, connection
     rows = await conn.fetch("DELETE FROM devices.connections WHERE id = ANY($1::text[]) RETURNING id",
                             list(connection_ids))
     return len(rows)
+
+
+async def count_by_status(conn: asyncpg.Connection | asyncpg.Pool) -> dict[str, int]:
+    """Registered devices per health status (`unknown` until the device processor has seen one)."""
+    rows = await conn.fetch(
+        """
+        SELECT coalesce(s.status, 'unknown') AS status, count(*) AS n
+        FROM devices.devices d LEFT JOIN devices.device_state s ON s.device_id = d.id
+        GROUP BY 1 ORDER BY 1
+        """
+    )
+    return {r["status"]: r["n"] for r in rows}

@@ -1,0 +1,43 @@
+"""`GET /api/v1/runtime`: the ingestion runtime's actors, rates, lag and device states."""
+from __future__ import annotations
+
+from typing import Annotated
+
+import ray
+from fastapi import APIRouter, HTTPException, Query
+
+from serve_apps.deps import Db
+from serve_apps.monitoring.runtime import RuntimeOut, RuntimeSources, runtime_view
+
+MAX_WINDOW_S = 30.0
+
+runtime_router = APIRouter(prefix="/api/v1/runtime", tags=["runtime"])
+
+# Set per replica by the deployment's constructor (the FastAPI app itself is shipped by value).
+_sources: RuntimeSources | None = None
+
+
+def configure_runtime(sources: RuntimeSources | None) -> None:
+    global _sources
+    _sources = sources
+
+
+@runtime_router.get("", response_model=RuntimeOut)
+async def runtime(
+    db: Db,
+    window_s: Annotated[float, Query(ge=0.5, le=MAX_WINDOW_S, description="seconds between the two samples rates "
+                                                                          "are computed from")] = 2.0,
+) -> RuntimeOut:
+    """Every actor of the runtime with its assignment, counters, rates and restarts; consumer lag;
+    devices per status."""
+    if _sources is None:
+        raise HTTPException(503, "this API was started without the runtime's sources")
+    try:
+        supervisor = ray.get_actor(_sources.supervisor, namespace=_sources.namespace)
+    except ValueError:
+        raise HTTPException(503, f"no supervisor {_sources.supervisor!r} in namespace {_sources.namespace!r}: "
+                                 "the ingestion runtime is not running") from None
+    try:
+        return await runtime_view(supervisor, db, _sources, window_s)
+    except (TimeoutError, ray.exceptions.RayError) as err:
+        raise HTTPException(503, f"the supervisor did not answer: {type(err).__name__}") from None
