@@ -21,7 +21,7 @@ from meterray.domain import ReadingBatch
 from meterray.settings import Settings
 from storage.kafka import codec, topics
 from storage.kafka.producer import AsyncProducer
-from storage.postgres.readings import ReadingRow, ReadingsWriter, ts_from_ms
+from storage.postgres.readings import ReadingRow, ReadingsWriter
 
 GROUP_ID = "meterray-pg-writer"
 
@@ -58,9 +58,8 @@ class PgWriterCore(ConsumerStage):
         rows: list[ReadingRow] = []
         for _, batch in batches:
             if batch.device_id not in unknown:
-                ts = ts_from_ms(batch.ts_ms)
-                rows.extend((batch.device_id, v.quantity, ts, v.value, v.unit, v.quality, batch.source)
-                            for v in batch.values)
+                device_id, ts, source = batch.device_id, batch.ts_ms, batch.source
+                rows.extend([(device_id, v.quantity, ts, v.value, v.unit, v.quality, source) for v in batch.values])
         async with self._pool.acquire() as conn:
             await self._writer.write(conn, rows)
         metrics.count(metrics.readings(), len(rows), stage=self.role)

@@ -3,13 +3,21 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from datetime import datetime, timezone
+from operator import itemgetter
 
 import asyncpg
 
-# (device_id, quantity, ts, value, unit, quality, source)
-ReadingRow = tuple[str, str, datetime, float, str, int, str]
+# (device_id, quantity, ts_ms, value, unit, quality, source); ts_ms: UTC epoch milliseconds.
+ReadingRow = tuple[str, str, int, float, str, int, str]
 
 _STAGE = "readings_in"
+# The stage holds the timestamp as epoch milliseconds, converted by PostgreSQL on the way into the
+# archive: encoding a datetime per row was a third of the writer's COPY (py-spy, 2,000 meters/s),
+# an integer costs next to nothing, and the readings of one poll share one timestamp anyway.
+_STAGE_DDL = (f'CREATE TEMP TABLE IF NOT EXISTS {_STAGE} (device_id text COLLATE "C", quantity text COLLATE "C",'
+              " ts_ms bigint, value double precision, unit text, quality integer, source text)"
+              " ON COMMIT DELETE ROWS")
+_TS = "timestamptz 'epoch' + ts_ms * interval '1 millisecond'"  # exact: integer milliseconds, no float
 
 
 def ts_from_ms(ts_ms: int) -> datetime:
@@ -18,7 +26,8 @@ def ts_from_ms(ts_ms: int) -> datetime:
 
 _COLUMNS = "device_id, quantity, ts, value, unit, quality, source"
 # A batch holds each key once (the last one wins), sorted on the key: index inserts in key order.
-_BATCH = f"SELECT DISTINCT ON (device_id, quantity, ts) {_COLUMNS} FROM {_STAGE} ORDER BY device_id, quantity, ts"
+_BATCH = (f"SELECT DISTINCT ON (device_id, quantity, ts_ms) device_id, quantity, {_TS}, value, unit, quality, source"
+          f" FROM {_STAGE} ORDER BY device_id, quantity, ts_ms")
 
 
 class ReadingsWriter:
@@ -40,10 +49,8 @@ class ReadingsWriter:
             return
         await self._ensure_partitions(conn, rows)
         async with conn.transaction():
-            await conn.execute(
-                f"CREATE TEMP TABLE IF NOT EXISTS {_STAGE} (LIKE monitoring.readings) ON COMMIT DELETE ROWS"
-            )
-            await conn.copy_records_to_table(_STAGE, records=rows, columns=_COLUMNS.split(", "))
+            await conn.execute(_STAGE_DDL)
+            await conn.copy_records_to_table(_STAGE, records=rows)
             try:
                 async with conn.transaction():
                     await conn.execute(f"INSERT INTO monitoring.readings ({_COLUMNS}) {_BATCH}")
@@ -63,8 +70,8 @@ class ReadingsWriter:
             await conn.execute(
                 f"""
                 INSERT INTO monitoring.readings_current AS c (device_id, quantity, ts, value, unit, quality)
-                SELECT DISTINCT ON (device_id, quantity) device_id, quantity, ts, value, unit, quality
-                FROM {_STAGE} ORDER BY device_id, quantity, ts DESC
+                SELECT DISTINCT ON (device_id, quantity) device_id, quantity, {_TS}, value, unit, quality
+                FROM {_STAGE} ORDER BY device_id, quantity, ts_ms DESC
                 ON CONFLICT (device_id, quantity) DO UPDATE
                     SET ts = excluded.ts, value = excluded.value, unit = excluded.unit, quality = excluded.quality
                     WHERE excluded.ts >= c.ts
@@ -72,7 +79,7 @@ class ReadingsWriter:
             )
 
     async def _ensure_partitions(self, conn: asyncpg.Connection, rows: Sequence[ReadingRow]) -> None:
-        months = {(r[2].year, r[2].month) for r in rows} - self._months
+        months = {(t.year, t.month) for t in map(ts_from_ms, set(map(itemgetter(2), rows)))} - self._months
         for year, month in sorted(months):
             await conn.execute(
                 "SELECT monitoring.ensure_readings_partition($1)", datetime(year, month, 1, tzinfo=timezone.utc)

@@ -30,7 +30,8 @@ def test_readings_show_quality_flags_by_name_and_as_bitmask(runtime: dict) -> No
     for f in flags:
         every |= f.value
     masks = [f.value for f in flags] + [0, every]
-    rows = [(device, ENERGY, start + timedelta(seconds=i), 100.0 + i, "kWh", m, "test") for i, m in enumerate(masks)]
+    rows = [(device, ENERGY, int((start + timedelta(seconds=i)).timestamp() * 1000), 100.0 + i, "kWh", m, "test")
+            for i, m in enumerate(masks)]
 
     async def write() -> None:
         conn = await asyncpg.connect(settings.pg_dsn)

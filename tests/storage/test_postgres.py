@@ -11,7 +11,8 @@ from storage.postgres.migrate import load_migrations, migrate
 
 
 def _rows(device: str, start: datetime, n: int, value0: float = 10.0) -> list[readings.ReadingRow]:
-    return [(device, "1-0:1.8.0", start.replace(second=i), value0 + i, "kWh", 0, "test") for i in range(n)]
+    return [(device, "1-0:1.8.0", int(start.replace(second=i).timestamp() * 1000), value0 + i, "kWh", 0, "test")
+            for i in range(n)]
 
 
 async def test_migrations_are_idempotent(database: Settings) -> None:
