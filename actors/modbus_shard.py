@@ -52,7 +52,11 @@ OVERFLOW_LOG_EVERY_S = 10.0
 # default 5 min: an outage shows in the shard's stats and log within 30 s, while a broker restart
 # or leader move (a few seconds) goes unnoticed. Reconnects are retried every ≤ 1 s (default up to
 # 10 s) so delivery resumes within about a second of the broker coming back.
+# linger.ms 20 (the pipeline's default is 5): nothing awaits these acknowledgements in a poll cycle
+# (the outbox does), so a shard can afford larger, fewer produce requests: less CPU here and in the
+# broker for the same records.
 SHARD_PRODUCER_CONFIG: dict[str, object] = {
+    "linger.ms": 20,
     "message.timeout.ms": 30_000,
     "queue.buffering.max.messages": 4 * SEND_BATCH_RECORDS,
     "queue.buffering.max.kbytes": 64 * 1024,
