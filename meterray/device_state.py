@@ -17,6 +17,7 @@ from typing import Any
 from meterray.domain import (
     DeviceEvent,
     DeviceStatus,
+    FailureKind,
     PollFailure,
     Quality,
     ReadingBatch,
@@ -122,7 +123,8 @@ class DeviceState:
         self.last_failure = failure.detail
         self.last_failure_ms = failure.ts_ms
         target = DeviceStatus.OFFLINE if self.consecutive_failures >= OFFLINE_AFTER_FAILURES else DeviceStatus.DEGRADED
-        if self.status is DeviceStatus.OFFLINE:
+        # A partner that says a meter is offline has seen it so: no need to count our own failed polls.
+        if self.status is DeviceStatus.OFFLINE or failure.kind is FailureKind.DEVICE_OFFLINE:
             target = DeviceStatus.OFFLINE
         return self._move_to(target, failure.ts_ms, f"{failure.kind.value}: {failure.detail}")
 
