@@ -126,6 +126,8 @@ class DeviceState:
         # A partner that says a meter is offline has seen it so: no need to count our own failed polls.
         if self.status is DeviceStatus.OFFLINE or failure.kind is FailureKind.DEVICE_OFFLINE:
             target = DeviceStatus.OFFLINE
+        if failure.kind is FailureKind.DEVICE_ALARM:  # an error code, low battery or tamper: it still measures
+            target = DeviceStatus.DEGRADED
         return self._move_to(target, failure.ts_ms, f"{failure.kind.value}: {failure.detail}")
 
     def _move_to(self, status: DeviceStatus, ts_ms: int, reason: str) -> list[DeviceEvent]:

@@ -70,6 +70,7 @@ class Sim:
     tokens: dict[str, float] = field(default_factory=dict)  # token -> expiry (monotonic)
     stats: dict[str, int] = field(default_factory=lambda: dict.fromkeys(
         ("requests", "pages", "records", "throttled", "errors", "slow", "tokens", "unauthorized"), 0))
+    first_pages: dict[str, int] = field(default_factory=dict)  # `since` of a window -> its first pages served
 
 
 SIM = web.AppKey("sim", Sim)
@@ -170,6 +171,8 @@ async def readings(request: web.Request) -> web.Response:
     index = {d: i for i, d in enumerate(sim.devices)}
     meters = [index[m] for m in q["meters"].split(",") if m in index] if q.get("meters") else list(range(len(index)))
     records, total = _records(sim, since, until, start, size, meters)
+    if start == 0:
+        sim.first_pages[str(since)] = sim.first_pages.get(str(since), 0) + 1
     sim.stats["pages"] += 1
     sim.stats["records"] += len(records)
     more = start + len(records) < total
@@ -258,7 +261,7 @@ async def control(request: web.Request) -> web.Response:
 
 async def stats(request: web.Request) -> web.Response:
     sim: Sim = request.app[SIM]
-    return web.json_response({**sim.stats, "devices": len(sim.devices)})
+    return web.json_response({**sim.stats, "devices": len(sim.devices), "first_pages": sim.first_pages})
 
 
 def build_app(sim: Sim) -> web.Application:
