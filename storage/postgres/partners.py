@@ -100,11 +100,12 @@ async def _sync_devices(conn: asyncpg.Connection, config: PartnerConfig) -> None
 async def delete_partner(pool: asyncpg.Pool | asyncpg.Connection, partner_id: str) -> bool:
     """Remove a partner, its devices, cursors and backfills; its versions stay (with a deletion mark)."""
     async with _conn(pool) as conn, conn.transaction():
+        # Its devices first: the partner's row takes its device list with it (ON DELETE CASCADE).
+        await conn.execute("DELETE FROM devices.devices WHERE protocol = $2 AND id IN"
+                           " (SELECT device_id FROM partners.devices WHERE partner_id = $1)", partner_id, PROTOCOL)
         version = await conn.fetchval("DELETE FROM partners.partners WHERE id = $1 RETURNING version", partner_id)
         if version is None:
             return False
-        await conn.execute("DELETE FROM devices.devices WHERE protocol = $2 AND id IN"
-                           " (SELECT device_id FROM partners.devices WHERE partner_id = $1)", partner_id, PROTOCOL)
         await conn.execute("INSERT INTO partners.partner_versions (partner_id, version, config) VALUES ($1, $2, NULL)",
                            partner_id, version + 1)
         return True
