@@ -175,24 +175,37 @@ class PartnerCore:
     async def _walk(self, path: PathConfig, window: Window, state: PageState, budget: RateBudget | None,
                     st: PathStats, save: Any) -> bool:
         """Fetch, publish and checkpoint pages until the last; False when a page failed (the saved
-        state is where the next attempt starts)."""
-        for _ in range(path.max_pages):
-            try:
-                page = await self._page(path, window, state, budget, st)
-            except (HttpFailure, DocumentError) as err:
-                await self._path_failed(path, err, st)
-                return False
-            if page.next is None:
-                return True
-            await save(page.next)  # only now: Kafka has every record of this page
-            state = page.next
+        state is where the next attempt starts). The next page is fetched while this one goes to
+        Kafka (fetching is read-only); its cursor is saved only after this page's confirmation."""
+        pending: asyncio.Task[PageOutcome] | None = asyncio.create_task(self._fetch(path, window, state, budget))
+        try:
+            for _ in range(path.max_pages):
+                assert pending is not None
+                try:
+                    page = await pending
+                except (HttpFailure, DocumentError) as err:
+                    pending = None
+                    await self._path_failed(path, err, st)
+                    return False
+                pending = None if page.next is None else asyncio.create_task(
+                    self._fetch(path, window, page.next, budget))
+                await self._publish(page.mapped, path)
+                self._count(page, path, st)
+                if page.next is None:
+                    return True
+                await save(page.next)  # only now: Kafka has every record of this page
+                state = page.next
+        finally:
+            if pending is not None:
+                pending.cancel()
+                await asyncio.gather(pending, return_exceptions=True)
         log.warning("%s/%s: stopped after max_pages=%d pages; the run resumes at the next slot",
                     self.config.partner_id if self.config else "?", path.name, path.max_pages)
-        await save(state)
         return False
 
-    async def _page(self, path: PathConfig, window: Window, state: PageState, budget: RateBudget | None,
-                    st: PathStats) -> PageOutcome:
+    async def _fetch(self, path: PathConfig, window: Window, state: PageState,
+                     budget: RateBudget | None) -> PageOutcome:
+        """One page, parsed and mapped (not yet published). An unreadable answer is dead-lettered whole."""
         assert self.config is not None and self._client is not None and budget is not None
         req = build_request(self.config.base_url, path, window, state)
         resp = await self._client.fetch(req, budget)
@@ -203,16 +216,18 @@ class PartnerCore:
             raise
         source = f"partner://{self.config.partner_id}/{path.name}"
         mapped = map_records(records, path.readings, path.status, self.config.device_map(), source)
-        await self._publish(mapped, path)
-        nxt = next_state(path, state, doc, resp.headers, len(records), resp.url)
+        return PageOutcome(next_state(path, state, doc, resp.headers, len(records), resp.url), len(records), mapped)
+
+    @staticmethod
+    def _count(page: PageOutcome, path: PathConfig, st: PathStats) -> None:
+        mapped = page.mapped
         st.pages += 1
-        st.records += len(records)
+        st.records += page.records
         st.readings += mapped.readings
         st.status_records += len(mapped.failures) + (len(mapped.batches) if path.status else 0)
         st.refused += len(mapped.refused)
         metrics.count(metrics.polls(), 1, protocol="partner", outcome="ok")
         metrics.count(metrics.readings(), mapped.readings, stage="partner")
-        return PageOutcome(nxt, len(records), mapped)
 
     async def _publish(self, mapped: Mapped, path: PathConfig) -> None:
         parts = self._settings.kafka_partitions
@@ -287,7 +302,9 @@ class PartnerCore:
         st = PathStats()
         for _ in range(path.max_pages):
             try:
-                page = await self._page(path, window, state, self._backfill_budget, st)
+                page = await self._fetch(path, window, state, self._backfill_budget)
+                await self._publish(page.mapped, path)
+                self._count(page, path, st)
             except (HttpFailure, DocumentError) as err:
                 retriable = isinstance(err, HttpFailure) and err.retriable
                 await repo.save_backfill(self._pool, row["id"], "running" if retriable else "failed", state, pages,

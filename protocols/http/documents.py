@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import csv
 import io
+from functools import lru_cache
 from typing import Any
 from xml.etree import ElementTree
 
@@ -50,8 +51,10 @@ def lookup(doc: Any, path: str | None) -> Any:
     """The value at a dotted path (`a.b.0.c`; a number indexes a list), or None where it is absent."""
     if path is None:
         return None
+    if "." not in path:  # the common case, once per field of every record
+        return doc.get(path) if isinstance(doc, dict) else None
     node = doc
-    for key in path.split("."):
+    for key in _keys(path):
         if isinstance(node, dict):
             node = node.get(key)
         elif isinstance(node, list) and key.isdigit() and int(key) < len(node):
@@ -59,6 +62,11 @@ def lookup(doc: Any, path: str | None) -> Any:
         else:
             return None
     return node
+
+
+@lru_cache(maxsize=1024)
+def _keys(path: str) -> tuple[str, ...]:
+    return tuple(path.split("."))
 
 
 def _csv(body: bytes) -> list[dict[str, str]]:

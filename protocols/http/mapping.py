@@ -8,6 +8,7 @@ dead-letters it. Readings of one device at one instant become one batch, as a me
 from __future__ import annotations
 
 import math
+import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -21,6 +22,7 @@ from meterray.quantities import QUANTITIES
 from protocols.http.documents import lookup
 
 EPOCH_MS_ABOVE = 100_000_000_000  # a bare number above this is epoch milliseconds (year 5138 in seconds)
+_ISO_LIKE = re.compile(r"\d{4}-").match  # a date, not a number: skip float()
 
 
 class RecordError(ValueError):
@@ -40,6 +42,7 @@ def map_records(records: Sequence[Any], readings: ReadingMapping | None, status:
                 devices: Mapping[str, str], source: str) -> Mapped:
     out = Mapped()
     by_key: dict[tuple[str, int], dict[str, Value]] = {}
+    stamps: dict[Any, int] = {}  # a page repeats each timestamp for every meter and quantity: parse it once
     for record in records:
         device_id = None
         try:
@@ -48,7 +51,12 @@ def map_records(records: Sequence[Any], readings: ReadingMapping | None, status:
             m = readings or status
             assert m is not None
             device_id = _device(record, m.device, devices)
-            ts = timestamp_ms(lookup(record, m.timestamp), m.timestamp)
+            raw_ts = lookup(record, m.timestamp)
+            ts = stamps.get(raw_ts) if isinstance(raw_ts, (str, int, float)) else None
+            if ts is None:
+                ts = timestamp_ms(raw_ts, m.timestamp)
+                if isinstance(raw_ts, (str, int, float)) and len(stamps) < 100_000:
+                    stamps[raw_ts] = ts
             if status is not None:
                 item = _status(record, status, device_id, ts, source)
                 (out.failures if isinstance(item, PollFailure) else out.batches).append(item)  # type: ignore[arg-type]
@@ -85,6 +93,8 @@ def timestamp_ms(raw: Any, path: str = "timestamp") -> int:
         raise RecordError(f"no timestamp at {path!r}")
     if isinstance(raw, str):
         try:
+            if _ISO_LIKE(raw):
+                raise ValueError(raw)
             raw = float(raw)
         except ValueError:
             try:
