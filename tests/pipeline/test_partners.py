@@ -250,3 +250,31 @@ def test_changing_one_partners_mapping_leaves_every_other_stream_uninterrupted(r
     for device_id in originals:  # every Modbus slot of [t0, t1) exactly once
         stamps = _stamps(settings, device_id, t0, t1)
         assert stamps and {y - x for x, y in zip(stamps, stamps[1:], strict=False)} == {1000}, device_id
+
+
+def test_the_demos_two_partners_stream_readings_and_status(runtime: dict) -> None:
+    import os
+    import signal
+
+    from meterray.app.demo_partners import start_demo_partners
+    from tests.conftest import SIM_BASE_PORT
+
+    settings, api = runtime["settings"], runtime["api"]
+    proc = start_demo_partners(settings, SIM_BASE_PORT + 82)
+    try:
+        status, body = http("GET", f"{api}/api/v1/partners")
+        assert status == 200 and {"acme", "volta"} <= {p["partner_id"] for p in body["partners"]}
+
+        def reporting() -> bool:
+            rows = sql(settings.pg_dsn, "SELECT count(DISTINCT device_id) AS n FROM monitoring.readings_current"
+                                        " WHERE device_id LIKE 'acme-%' OR device_id LIKE 'volta-%'")
+            online = [d for d in all_devices(api)
+                      if d["id"].startswith(("acme-", "volta-")) and d["status"] == "online"]
+            return rows[0]["n"] == 10 and len(online) == 10
+
+        wait_for(reporting, 60, "the demo partners' 10 meters online with current readings")
+    finally:
+        _delete(api, "acme")
+        _delete(api, "volta")
+        os.killpg(proc.pid, signal.SIGTERM)
+        proc.wait(timeout=10)
