@@ -146,31 +146,41 @@ class PartnerCore:
         pid, st = self.config.partner_id, self.stats[path.name]
         while True:
             started = time.time()
-            cursor = await repo.get_cursor(self._pool, pid, path.name)
-            now_ms = int(started * 1000)
-            if cursor is None:
-                cursor = {"watermark": now_ms - int(path.initial_lookback_s * 1000)}
-            watermark = int(cursor["watermark"])
-            st.watermark_ms = watermark
-            run = cursor.get("run")
-            if run:  # resume the run the last actor was in, from its saved page
-                window, state = Window(int(run["since"]), int(run["until"])), dict(run["state"])
-            else:
-                window = Window(max(0, watermark - int(path.overlap_s * 1000)), now_ms - int(path.lag_s * 1000))
-                state = {}
-            if window.until_ms > window.since_ms:
-                st.runs += 1
-                st.last_run_at = started
-                done = await self._walk(path, window, state, self._live, st,
-                                        lambda nxt, w=window, wm=watermark: repo.save_cursor(
-                                            self._pool, pid, path.name,
-                                            {"watermark": wm, "run": {"since": w.since_ms, "until": w.until_ms,
-                                                                      "state": nxt}}))
-                if done:
-                    new_wm = max(watermark, window.until_ms)
-                    await repo.save_cursor(self._pool, pid, path.name, {"watermark": new_wm})
-                    st.watermark_ms = new_wm
+            try:
+                await self._run_once(path, st, started)
+            except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as err:
+                # PostgreSQL away (cursor not read or not saved): the next slot resumes from the saved cursor.
+                log.warning("%s/%s: cursor store unavailable (%s); retrying at the next slot", pid, path.name, err)
             await asyncio.sleep(max(0.0, started + path.interval_s - time.time()))
+
+    async def _run_once(self, path: PathConfig, st: PathStats, started: float) -> None:
+        """One run of the path: resume the saved run (its window and page), or start the next window."""
+        assert self.config is not None
+        pid = self.config.partner_id
+        now_ms = int(started * 1000)
+        cursor = await repo.get_cursor(self._pool, pid, path.name) or {
+            "watermark": now_ms - int(path.initial_lookback_s * 1000)}
+        watermark = int(cursor["watermark"])
+        st.watermark_ms = watermark
+        run = cursor.get("run")
+        if run:  # the run the last actor was in, from its saved page
+            window, state = Window(int(run["since"]), int(run["until"])), dict(run["state"])
+        else:
+            window = Window(max(0, watermark - int(path.overlap_s * 1000)), now_ms - int(path.lag_s * 1000))
+            state = {}
+        if window.until_ms <= window.since_ms:
+            return
+        st.runs += 1
+        st.last_run_at = started
+
+        async def save(nxt: PageState) -> None:
+            await repo.save_cursor(self._pool, pid, path.name, {
+                "watermark": watermark, "run": {"since": window.since_ms, "until": window.until_ms, "state": nxt}})
+
+        if await self._walk(path, window, state, self._live, st, save):
+            new_wm = max(watermark, window.until_ms)
+            await repo.save_cursor(self._pool, pid, path.name, {"watermark": new_wm})
+            st.watermark_ms = new_wm
 
     async def _walk(self, path: PathConfig, window: Window, state: PageState, budget: RateBudget | None,
                     st: PathStats, save: Any) -> bool:

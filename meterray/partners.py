@@ -315,15 +315,37 @@ def unit_factor(unit: str, target: str) -> float | None:
     return None
 
 
-def validate_partner(doc: dict[str, Any], stored_secrets: dict[str, str] | None = None) -> PartnerConfig:
+def validate_partner(doc: dict[str, Any], stored: "PartnerConfig | dict[str, str] | None" = None) -> PartnerConfig:
     """Check a partner document; every problem is listed at once (ConfigError). A secret sent as MASK is
-    replaced by the stored one (`stored_secrets`, by place), so a client can send back what it read."""
-    doc = _unmask(doc, stored_secrets or {})
+    replaced by the stored one (`stored`: the stored configuration, or its secrets by place when the
+    document is the stored one itself), so a client can send back what it read. Against a stored
+    configuration, masks are honoured only while the document sends secrets to the same places
+    (base_url and token_url origins): a changed address needs the secrets themselves, or a caller
+    could point a partner elsewhere and receive its stored credentials."""
+    secrets = stored if isinstance(stored, dict) else {}
+    if isinstance(stored, PartnerConfig) and isinstance(doc, dict) and _origins(doc) == _origins(stored.public()):
+        secrets = stored.secrets()
+    doc = _unmask(doc, secrets)
     what = f"partner {doc.get('partner_id')!r}" if isinstance(doc, dict) and doc.get("partner_id") else "partner"
     try:
-        return PartnerConfig.model_validate(doc)
+        config = PartnerConfig.model_validate(doc)
     except ValidationError as err:
         raise ConfigError(describe(err, what), "partner") from None
+    masked = sorted(place for place, value in config.secrets().items() if value == MASK)
+    if masked:
+        raise ConfigError([f"{what}: {place}: {MASK} keeps the stored secret only while base_url and token_url stay "
+                           "the same (and the partner exists); send the secret itself" for place in masked],
+                          "partner")
+    return config
+
+
+def _origins(doc: dict[str, Any]) -> tuple[str, str]:
+    def origin(url: Any) -> str:
+        parts = urlsplit(str(url or ""))
+        return f"{parts.scheme}://{parts.netloc}".lower()
+
+    auth = doc.get("auth") if isinstance(doc.get("auth"), dict) else {}
+    return origin(doc.get("base_url")), origin(auth.get("token_url") if auth else None)
 
 
 def _unmask(doc: Any, stored: dict[str, str]) -> Any:

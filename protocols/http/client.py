@@ -101,7 +101,17 @@ class PartnerClient:
             self._session = None
 
     async def fetch(self, req: PageRequest, budget: RateBudget) -> Response:
-        """One page; retried as the module says. Raises HttpFailure when it cannot be had."""
+        """One page; retried as the module says. Raises HttpFailure when it cannot be had; its text never
+        holds a secret (an error may quote a URL with the API key in its query, or an echoed header)."""
+        try:
+            return await self._fetch(req, budget)
+        except HttpFailure as err:
+            text = str(err)
+            for secret in self._config.secrets().values():
+                text = text.replace(secret, "***")
+            raise HttpFailure(err.kind, text, err.retriable, err.status) from None
+
+    async def _fetch(self, req: PageRequest, budget: RateBudget) -> Response:
         backoff = Backoff(base_s=0.2, cap_s=10.0)
         refreshed = False
         attempt = 0

@@ -110,7 +110,7 @@ async def dry_run(partner_id: str, body: DryRunIn, db: Db, f: Cipher, _: Partner
     config = stored.config
     if body.config is not None:
         try:
-            config = validate_partner({**body.config, "partner_id": partner_id}, stored.config.secrets())
+            config = validate_partner({**body.config, "partner_id": partner_id}, stored.config)
         except ConfigError as err:
             raise _problems(err) from None
     path = _path(config, body.path)

@@ -38,13 +38,13 @@ async def save_partner(pool: asyncpg.Pool | asyncpg.Connection, doc: dict[str, A
     (every problem listed) or LookupError / FileExistsError for the expectation."""
     async with _conn(pool) as conn, conn.transaction():
         pid = doc.get("partner_id") if isinstance(doc, dict) else None
-        row = await conn.fetchrow("SELECT version, secrets FROM partners.partners WHERE id = $1 FOR UPDATE",
-                                  pid) if isinstance(pid, str) else None
+        row = await conn.fetchrow("SELECT version, config::text AS config, secrets FROM partners.partners"
+                                  " WHERE id = $1 FOR UPDATE", pid) if isinstance(pid, str) else None
         if expect_new is True and row is not None:
             raise FileExistsError(f"partner {pid!r} exists; PUT /api/v1/partners/{pid} changes it")
         if expect_new is False and row is None:
             raise LookupError(f"no partner {pid!r}")
-        config = validate_partner(doc, unseal(f, row["secrets"]) if row else None)
+        config = validate_partner(doc, _stored(row, f).config if row else None)
         await _check_devices(conn, config)
         sealed = seal(f, config.secrets())
         version = (row["version"] + 1) if row else 1
@@ -142,7 +142,7 @@ async def load_runnable(pool: asyncpg.Pool | asyncpg.Connection,
 
 def _stored(row: asyncpg.Record, f: Fernet) -> StoredPartner:
     return StoredPartner(validate_partner(orjson.loads(row["config"]), unseal(f, row["secrets"])), row["version"],
-                         row["updated_at"])
+                         row.get("updated_at"))
 
 
 async def versions(pool: asyncpg.Pool | asyncpg.Connection, partner_id: str) -> list[asyncpg.Record]:

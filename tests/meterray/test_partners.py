@@ -66,3 +66,16 @@ def test_secrets_are_masked_in_the_public_document_and_masks_keep_the_stored_sec
 def test_unit_prefixes_convert() -> None:
     assert unit_factor("Wh", "kWh") == 0.001 and unit_factor("kW", "W") == 1000 and unit_factor("V", "V") == 1
     assert unit_factor("var", "kWh") is None and unit_factor("kvarh", "kWh") is None
+
+
+def test_a_mask_does_not_carry_a_stored_secret_to_another_address() -> None:
+    stored = validate_partner(doc(auth={"kind": "api_key", "key": "s3cret"}))
+    same = validate_partner(stored.public(), stored)
+    assert same.secrets() == {"auth.key": "s3cret"}
+    elsewhere = {**stored.public(), "base_url": "http://attacker.example/"}
+    with pytest.raises(ConfigError) as info:
+        validate_partner(elsewhere, stored)
+    assert info.value.problems == ["partner 'acme': auth.key: *** keeps the stored secret only while base_url and "
+                                   "token_url stay the same (and the partner exists); send the secret itself"]
+    moved = validate_partner({**elsewhere, "auth": {"kind": "api_key", "key": "new-key"}}, stored)
+    assert moved.secrets() == {"auth.key": "new-key"}

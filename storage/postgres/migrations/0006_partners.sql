@@ -74,6 +74,9 @@ CREATE TRIGGER partners_changed AFTER INSERT OR UPDATE OR DELETE ON partners.par
 CREATE TRIGGER backfills_added AFTER INSERT ON partners.backfills
     FOR EACH ROW EXECUTE FUNCTION partners.notify_changed();
 
+-- The known-device cache of the device processor asks for recently registered devices on a miss.
+CREATE INDEX IF NOT EXISTS devices_created_at ON devices.devices (created_at);
+
 -- Partner devices are not decoded by a Modbus profile: they name the profile 'partner', which
 -- exists for the foreign key only; the check that a profile is one the code knows stays for every
 -- other protocol.

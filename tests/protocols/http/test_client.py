@@ -136,3 +136,24 @@ def test_retry_after_seconds_or_http_date() -> None:
     assert retry_after_s("7") == 7.0 and retry_after_s(None) is None and retry_after_s("soon") is None
     later = retry_after_s(formatdate(time.time() + 30, usegmt=True))
     assert later is not None and 25 <= later <= 31
+
+
+async def test_a_failure_never_quotes_a_secret() -> None:
+    from aiohttp import web
+
+    async def echo(request: web.Request) -> web.Response:  # a partner that quotes the request in its error
+        return web.Response(status=400, text=f"bad request: {request.query_string}")
+
+    app = web.Application()
+    app.router.add_get("/api/json/none/readings", echo)
+    server = TestServer(app, host="127.0.0.1")
+    await server.start_server()
+    client, req = _client(f"http://127.0.0.1:{server.port}", {"kind": "api_key", "where": "query", "name": "api_key",
+                                                               "key": "very-s3cret"}, retries=0)
+    try:
+        with pytest.raises(HttpFailure) as info:
+            await client.fetch(req, RateBudget(6000))
+    finally:
+        await client.close()
+        await server.close()
+    assert info.value.status == 400 and "api_key=***" in str(info.value) and "very-s3cret" not in str(info.value)
