@@ -292,13 +292,19 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--user", default="meterray")
     p.add_argument("--password", default="sim-password")
     p.add_argument("--token-ttl", type=float, default=3600.0)
+    p.add_argument("--throttle-every", type=int, default=0, help="every Nth data request gets 429 + Retry-After")
+    p.add_argument("--retry-after", type=float, default=1.0)
+    p.add_argument("--error-every", type=int, default=0, help="every Nth data request gets 500")
+    p.add_argument("--slow-every", type=int, default=0, help="every Nth data request takes --slow seconds")
+    p.add_argument("--slow", type=float, default=2.0)
     return p.parse_args(argv)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     a = parse_args(argv)
     sim = Sim(device_ids(a.devices), int(a.step * 1000), a.api_key, a.client_id, a.client_secret, a.user, a.password,
-              Faults(token_ttl_s=a.token_ttl))
+              Faults(throttle_every=a.throttle_every, retry_after_s=a.retry_after, error_every=a.error_every,
+                     slow_every=a.slow_every, slow_s=a.slow, token_ttl_s=a.token_ttl))
     web.run_app(build_app(sim), host=a.host, port=a.port, print=None, access_log=None)
     return 0
 

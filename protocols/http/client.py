@@ -23,6 +23,7 @@ from meterray.partners import ApiKeyAuth, BasicAuth, OAuth2Auth, PartnerConfig
 from protocols.http.paging import PageRequest
 
 MAX_RETRY_AFTER_S = 600.0  # a partner asking for a longer pause is waited on in steps of this
+MAX_THROTTLED = 50  # 429s in a row for one page: then it counts as a failed page (the run resumes later)
 TOKEN_EARLY_S = 0.1  # a token is renewed this fraction of its lifetime before it expires
 
 
@@ -114,7 +115,7 @@ class PartnerClient:
     async def _fetch(self, req: PageRequest, budget: RateBudget) -> Response:
         backoff = Backoff(base_s=0.2, cap_s=10.0)
         refreshed = False
-        attempt = 0
+        attempt = throttled = 0
         while True:
             await budget.acquire()
             try:
@@ -137,6 +138,10 @@ class PartnerClient:
                 wait = retry_after_s(resp.headers.get("Retry-After"))
                 if resp.status == 429:
                     self.stats["throttled"] += 1
+                    throttled += 1
+                    if throttled >= MAX_THROTTLED:
+                        raise HttpFailure(FailureKind.BAD_RESPONSE, f"HTTP 429 from {_where(req.url)} {throttled} "
+                                          "times in a row", True, 429)
                     budget.pause.set(wait if wait is not None else backoff.next_delay())
                     continue  # a 429 is the partner's pacing, not a failure: it never uses up the retries
                 self.stats["server_errors"] += 1
