@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import math
 import re
+from functools import lru_cache
 from typing import Annotated, Any, Literal
 from urllib.parse import urlsplit
 
@@ -303,6 +304,7 @@ def _set(doc: dict[str, Any], place: str, value: Any) -> None:
     doc[last] = value
 
 
+@lru_cache(maxsize=256)
 def unit_factor(unit: str, target: str) -> float | None:
     """The factor that turns a value in `unit` into `target` (Wh → kWh: 0.001), None if it cannot."""
     if unit == target:
