@@ -54,7 +54,8 @@ def _problems(err: ConfigError) -> HTTPException:
 
 @partners_router.get("", response_model=PartnerList)
 async def list_partners(db: Db, f: Cipher, _: PartnerAdmin) -> PartnerList:
-    return PartnerList(partners=[_out(p) for p in await repo.list_partners(db, f)])
+    stored, problems = await repo.list_partners(db, f)
+    return PartnerList(partners=[_out(p) for p in stored], unreadable=problems)
 
 
 @partners_router.post("", response_model=PartnerOut, status_code=201)
@@ -196,8 +197,9 @@ async def get_backfill(partner_id: str, backfill_id: int, db: Db, _: PartnerAdmi
 async def _stored(db: asyncpg.Pool, f: Any, partner_id: str, missing: int = 404) -> repo.StoredPartner:
     try:
         stored = await repo.get_partner(db, partner_id, f)
-    except SecretKeyError as err:
-        raise HTTPException(500, str(err)) from None
+    except (SecretKeyError, ConfigError) as err:  # stored before a rule or a key changed: PUT a new document
+        raise HTTPException(409, f"partner {partner_id!r} is stored but cannot be read ({err}); PUT a complete "
+                                 "document, with its secrets, to replace it") from None
     if stored is None:
         raise HTTPException(missing, f"no partner {partner_id!r}" if missing == 404 else "unknown partner")
     return stored

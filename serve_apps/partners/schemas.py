@@ -16,6 +16,8 @@ class PartnerOut(BaseModel):
 
 class PartnerList(BaseModel):
     partners: list[PartnerOut]
+    unreadable: dict[str, str] = Field(default_factory=dict, description="partners stored but not readable "
+                                       "(a changed secret key, a document later rules refuse), with why")
 
 
 class VersionOut(BaseModel):

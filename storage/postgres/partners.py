@@ -44,7 +44,7 @@ async def save_partner(pool: asyncpg.Pool | asyncpg.Connection, doc: dict[str, A
             raise FileExistsError(f"partner {pid!r} exists; PUT /api/v1/partners/{pid} changes it")
         if expect_new is False and row is None:
             raise LookupError(f"no partner {pid!r}")
-        config = validate_partner(doc, _stored(row, f).config if row else None)
+        config = validate_partner(doc, _readable(row, f))
         await _check_devices(conn, config)
         sealed = seal(f, config.secrets())
         version = (row["version"] + 1) if row else 1
@@ -117,19 +117,32 @@ async def get_partner(pool: asyncpg.Pool | asyncpg.Connection, partner_id: str, 
     return None if row is None else _stored(row, f)
 
 
-async def list_partners(pool: asyncpg.Pool | asyncpg.Connection, f: Fernet,
-                        enabled_only: bool = False) -> list[StoredPartner]:
-    rows = await pool.fetch("SELECT config::text AS config, secrets, version, updated_at FROM partners.partners"
-                            " WHERE enabled OR NOT $1 ORDER BY id", enabled_only)
-    return [_stored(r, f) for r in rows]
+async def list_partners(pool: asyncpg.Pool | asyncpg.Connection,
+                        f: Fernet) -> tuple[list[StoredPartner], dict[str, str]]:
+    """Every stored partner that can be read, and for each one that cannot, why."""
+    return await _load(pool, f, enabled_only=False)
 
 
 async def load_runnable(pool: asyncpg.Pool | asyncpg.Connection,
                         f: Fernet) -> tuple[list[StoredPartner], dict[str, str]]:
     """The enabled partners the code can run, and for each one it cannot, why (a secret the key cannot
     open, a document a later version of the rules refuses): one bad partner never stops the others."""
+    return await _load(pool, f, enabled_only=True)
+
+
+def _readable(row: asyncpg.Record | None, f: Fernet) -> PartnerConfig | None:
+    """The stored configuration, or None when it cannot be read any more (then a new document must
+    carry its secrets: there is nothing to keep)."""
+    try:
+        return _stored(row, f).config if row is not None else None
+    except (ConfigError, SecretKeyError):
+        return None
+
+
+async def _load(pool: asyncpg.Pool | asyncpg.Connection, f: Fernet,
+                enabled_only: bool) -> tuple[list[StoredPartner], dict[str, str]]:
     rows = await pool.fetch("SELECT id, config::text AS config, secrets, version, updated_at FROM partners.partners"
-                            " WHERE enabled ORDER BY id")
+                            " WHERE enabled OR NOT $1 ORDER BY id", enabled_only)
     good: list[StoredPartner] = []
     problems: dict[str, str] = {}
     for r in rows:

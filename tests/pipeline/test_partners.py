@@ -278,3 +278,39 @@ def test_the_demos_two_partners_stream_readings_and_status(runtime: dict) -> Non
         _delete(api, "volta")
         os.killpg(proc.pid, signal.SIGTERM)
         proc.wait(timeout=10)
+
+
+def test_a_partner_that_cannot_be_read_is_reported_and_every_other_one_runs(runtime: dict, partner_sim: str) -> None:
+    settings, api = runtime["settings"], runtime["api"]
+    ok, ms = "fine", meters(24, 1)
+    _create(api, partner(ok, partner_sim, [readings_path("r", "json", "page", ms, interval_s=1.0)], ms))
+    good_doc = partner("unsealable", partner_sim, [readings_path("r", "json", "page", ms)], [])
+    # Stored by hand as an older version or another key would have left them: secrets the key cannot
+    # open, and a document today's rules refuse.
+    sql(settings.pg_dsn, "INSERT INTO partners.partners (id, config, secrets) VALUES"
+                         " ('unsealable', $1::jsonb, $2), ('outdated', $3::jsonb, NULL)",
+        orjson.dumps({**good_doc, "auth": {"kind": "api_key", "key": "***"}}).decode(), b"not a fernet token",
+        orjson.dumps({"partner_id": "outdated", "base_url": "gopher://old"}).decode())
+    try:
+        since = datetime.now(timezone.utc)
+        wait_for(lambda: _complete(settings, ok, ms, since, since + timedelta(seconds=3)), 60,
+                 "the readable partner to stream")
+        status = ray.get(runtime["supervisor"].status.remote())
+        problems = status["partner_problems"]
+        assert "cannot be decrypted" in problems["unsealable"] and "not an http(s) URL" in problems["outdated"]
+        assert "partner-unsealable" not in status["children"] and "partner-outdated" not in status["children"]
+        code, listed = http("GET", f"{api}/api/v1/partners")
+        assert code == 200 and ok in [p["partner_id"] for p in listed["partners"]]
+        assert set(listed["unreadable"]) >= {"unsealable", "outdated"}
+        code, body = http("GET", f"{api}/api/v1/partners/outdated")
+        assert code == 409 and "PUT a complete document" in body["detail"]
+        # A complete document replaces it, and it runs.
+        fixed = partner("outdated", partner_sim, [readings_path("r", "json", "page", meters(25, 1),
+                                                                interval_s=1.0)], meters(25, 1))
+        code, body = http("PUT", f"{api}/api/v1/partners/outdated", fixed)
+        assert code == 200 and body["version"] == 2, body
+        wait_for(lambda: _complete(settings, "outdated", meters(25, 1), since, since + timedelta(seconds=3)), 60,
+                 "the replaced partner to stream")
+    finally:
+        for pid in (ok, "unsealable", "outdated"):
+            _delete(api, pid)
