@@ -6,10 +6,11 @@ keeps the stored secret. A configuration that does not validate gets a 422 listi
 from __future__ import annotations
 
 import time
-from datetime import timezone
+from datetime import datetime, timezone
 from typing import Annotated, Any
 
 import asyncpg
+import orjson
 from fastapi import APIRouter, Body, Header, HTTPException, Request, Response
 
 from meterray.config import ConfigError
@@ -25,6 +26,7 @@ from serve_apps.partners.deps import AppSettings, Cipher, PartnerAdmin, Producer
 from serve_apps.partners.schemas import (
     BackfillIn,
     BackfillOut,
+    CursorOut,
     DryRunIn,
     DryRunOut,
     PartnerList,
@@ -102,6 +104,18 @@ async def partner_versions(partner_id: str, db: Db, _: PartnerAdmin) -> list[Ver
     if not rows:
         raise HTTPException(404, f"no partner {partner_id!r}")
     return [VersionOut(**dict(r)) for r in rows]
+
+
+@partners_router.get("/{partner_id}/cursors", response_model=list[CursorOut])
+async def partner_cursors(partner_id: str, db: Db, f: Cipher, _: PartnerAdmin) -> list[CursorOut]:
+    """Where each retrieval path stands (saved only after Kafka confirmed the page before)."""
+    await _stored(db, f, partner_id)
+    out = []
+    for r in await repo.list_cursors(db, partner_id):
+        c = orjson.loads(r["cursor"])
+        out.append(CursorOut(path=r["path"], watermark=datetime.fromtimestamp(c["watermark"] / 1000, timezone.utc),
+                             run=c.get("run"), updated_at=r["updated_at"]))
+    return out
 
 
 @partners_router.post("/{partner_id}/dry-run", response_model=DryRunOut)

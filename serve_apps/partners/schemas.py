@@ -72,3 +72,11 @@ class WebhookOut(BaseModel):
     readings: int
     status: int
     refused: int
+
+
+class CursorOut(BaseModel):
+    path: str
+    watermark: datetime = Field(description="the end of the last complete run: data before it has been fetched")
+    run: dict[str, Any] | None = Field(description="the run in progress: its window (`since`, `until`, epoch ms) "
+                                                   "and the next page (`state`); null between runs")
+    updated_at: datetime

@@ -169,6 +169,11 @@ async def get_cursor(pool: asyncpg.Pool | asyncpg.Connection, partner_id: str, p
     return None if raw is None else dict(orjson.loads(raw))
 
 
+async def list_cursors(pool: asyncpg.Pool | asyncpg.Connection, partner_id: str) -> list[asyncpg.Record]:
+    return await pool.fetch("SELECT path, cursor::text AS cursor, updated_at FROM partners.cursors"
+                            " WHERE partner_id = $1 ORDER BY path", partner_id)
+
+
 async def save_cursor(pool: asyncpg.Pool | asyncpg.Connection, partner_id: str, path: str,
                       cursor: dict[str, Any]) -> None:
     await pool.execute(

@@ -5,6 +5,7 @@ from __future__ import annotations
 import glob
 import json
 import os
+import time
 import urllib.request
 from datetime import datetime, timedelta, timezone
 from typing import Any
@@ -158,19 +159,30 @@ def test_signed_webhook_pushes_feed_the_same_mapping(runtime: dict, partner_sim:
 def test_a_backfill_fetches_a_past_range_beside_the_live_schedule(runtime: dict, partner_sim: str) -> None:
     settings, api = runtime["settings"], runtime["api"]
     pid, ms = "past", meters(36, 2)
-    doc = partner(pid, partner_sim, [readings_path("r", "json", "offset", ms, size=20, initial_lookback_s=5.0)], ms)
+    doc = partner(pid, partner_sim, [readings_path("r", "json", "offset", ms, size=20, initial_lookback_s=5.0,
+                                                   interval_s=1.0)], ms,
+                  rate={"requests_per_minute": 6000, "backfill_requests_per_minute": 120})  # backfill: 2 pages/s
     assert http("POST", f"{api}/api/v1/partners", doc)[0] == 201
     try:
+        wait_for(lambda: http("GET", f"{api}/api/v1/partners/{pid}/cursors")[1], 30, "the live schedule's cursor")
         start = (datetime.now(timezone.utc) - timedelta(hours=2)).replace(microsecond=0)
         end = start + timedelta(seconds=40)
+        asked = time.monotonic()
         status, bf = http("POST", f"{api}/api/v1/partners/{pid}/backfills",
                           {"path": "r", "from": start.isoformat(), "to": end.isoformat()})
         assert status == 202 and bf["status"] == "pending", bf
+        live_before = datetime.fromisoformat(http("GET", f"{api}/api/v1/partners/{pid}/cursors")[1][0]["watermark"])
         assert http("POST", f"{api}/api/v1/partners/{pid}/backfills",
                     {"path": "r", "from": end.isoformat(), "to": start.isoformat()})[0] == 422
         done = wait_for(lambda: (b := http("GET", f"{api}/api/v1/partners/{pid}/backfills/{bf['id']}")[1])["status"]
                         == "done" and b, 60, "the backfill to finish")
+        took = time.monotonic() - asked
         assert isinstance(done, dict) and done["pages"] == 9 and done["records"] == 160, done
+        # At its own rate (2 pages/s, bursts of 2: at least 3.5 s for 9 pages), beside the live schedule,
+        # whose watermark moved on meanwhile.
+        assert took >= 3.5, took
+        live_after = datetime.fromisoformat(http("GET", f"{api}/api/v1/partners/{pid}/cursors")[1][0]["watermark"])
+        assert live_after > live_before
         for m in ms:
             def got(m: str = m) -> list:
                 return sql(settings.pg_dsn, "SELECT (extract(epoch FROM ts) * 1000)::bigint AS ms, value FROM"
