@@ -6,7 +6,10 @@ the ids are cached; a miss asks PostgreSQL about the missing ids, at most once p
 `min_refresh_s`, so a stream of unknown ids cannot turn into a query per message. A device
 registered less than `min_refresh_s` before its first record can still be refused once; a
 registered device only reaches a shard after the supervisor has read it, later than that.
-The whole set is reloaded every `full_reload_s`, so a deleted device is forgotten in time.
+The whole set is reloaded every `full_reload_s`, so a deleted device is forgotten in time. A miss
+also loads every device registered in the last RECENT_S: a partner registers all its devices in one
+transaction and they start reporting within the same second, and asking only for the first one's id
+would refuse the others' first records.
 """
 from __future__ import annotations
 
@@ -16,6 +19,10 @@ from collections.abc import Callable, Iterable
 import asyncpg
 
 from storage.postgres import devices as device_repo
+
+# A miss also learns every device registered this recently: devices registered together (a partner's)
+# are all known after the first of them is asked about, so the rest are not refused within min_refresh_s.
+RECENT_S = 60.0
 
 
 class KnownDevices:
@@ -41,7 +48,7 @@ class KnownDevices:
         if missing and (self._asked_at is None or now - self._asked_at >= self._min_refresh_s):
             self._asked_at = now
             self.queries += 1
-            found = await device_repo.registered_device_ids(self._pool, missing)
+            found = await device_repo.registered_or_recent(self._pool, missing, RECENT_S)
             self._ids |= found
             missing -= found
         return missing

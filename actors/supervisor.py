@@ -41,15 +41,19 @@ from actors import metrics
 from actors.device_processor import DeviceProcessor
 from actors.modbus_shard import ModbusShard
 from actors.naming import create_named
+from actors.partner import PartnerActor
 from actors.pg_writer import PgWriter
 from meterray.domain import ModbusConnection
 from meterray.settings import Settings
+from storage.postgres import partners as partner_repo
 from storage.postgres.devices import CONFIG_CHANNEL, load_modbus_connections
+from storage.secrets import cipher
 
 log = logging.getLogger(__name__)
 
 SUPERVISOR_NAME = "supervisor"
 SHARD_PREFIX = "modbus-shard-"
+PARTNER_PREFIX = "partner-"
 WATCH_INTERVAL_S = 1.0
 PING_TIMEOUT_S = 10.0
 STOP_TIMEOUT_S = 20.0
@@ -112,6 +116,8 @@ class Child:
     last_ping: dict[str, Any] = field(default_factory=dict)
     started: int = 0  # connection tasks the shard started / stopped on our assign calls, all time
     stopped: int = 0
+    config: Any = None  # a partner's PartnerConfig
+    version: int = 0  # … and its stored version
 
 
 @ray.remote(num_cpus=0, max_restarts=-1, max_task_retries=-1)
@@ -129,6 +135,8 @@ class Supervisor:
         self._placement: dict[str, str] = {}  # connection id → shard name
         self._reconciles = 0
         self._last_reconcile: dict[str, Any] = {}
+        self._last_partner_change: dict[str, Any] = {}
+        self._partner_problems: dict[str, str] = {}
         if ray.get_runtime_context().was_current_actor_reconstructed:
             # Our children died with the old process: rebuild them without waiting for a caller.
             asyncio.get_running_loop().create_task(self.start())
@@ -149,6 +157,7 @@ class Supervisor:
                 self._children[f"{role}-{i}"] = Child(f"{role}-{i}", role, actor_class)
         others = list(self._children.values())
         await asyncio.gather(*(self._launch(c) for c in others), self._apply(connections))
+        await self._apply_partners()
         self._watcher = asyncio.create_task(self._watch(), name="supervisor-watch")
         self._background = [asyncio.create_task(self._listen(), name="supervisor-listen"),
                             asyncio.create_task(self._reconcile_loop(), name="supervisor-reconcile")]
@@ -162,8 +171,62 @@ class Supervisor:
             await conn.close()
 
     async def reconcile(self) -> dict[str, Any]:
-        """Re-read the desired connections and apply only the difference; returns what changed."""
-        return await self._apply(await self._load())
+        """Re-read the desired connections and partners and apply only the difference; returns what changed."""
+        summary = await self._apply(await self._load())
+        summary["partners"] = await self._apply_partners()
+        return summary
+
+    # Partners: one PartnerActor each, reconfigured in place when its stored configuration changes.
+
+    async def _apply_partners(self) -> dict[str, Any]:
+        conn = await asyncpg.connect(self._settings.pg_dsn)
+        try:
+            stored, problems = await partner_repo.load_runnable(conn, cipher(self._settings))
+        finally:
+            await conn.close()
+        for pid, problem in problems.items():
+            if self._partner_problems.get(pid) != problem:
+                log.error("partner %s is not run: %s", pid, problem)
+        self._partner_problems = problems
+        async with self._apply_lock:
+            wanted = {f"{PARTNER_PREFIX}{p.config.partner_id}": p for p in stored}
+            current = {c.name: c for c in self._children.values() if c.role == "partner"}
+            removed = sorted(current.keys() - wanted.keys())
+            changed = sorted(n for n in current.keys() & wanted.keys() if current[n].config != wanted[n].config)
+            added = sorted(wanted.keys() - current.keys())
+            for name in removed:
+                child = self._children.pop(name)
+                if child.handle is not None:
+                    try:
+                        await asyncio.wait_for(child.handle.stop.remote(), STOP_TIMEOUT_S)
+                    except Exception as err:  # it goes either way
+                        log.warning("%s did not stop cleanly: %s", name, err)
+                    ray.kill(child.handle, no_restart=True)
+            calls: list[Awaitable[None]] = []
+            for name in added:
+                child = self._children[name] = Child(name, "partner", PartnerActor, config=wanted[name].config,
+                                                     version=wanted[name].version)
+                calls.append(self._launch(child))
+            for name in changed:
+                child = self._children[name]
+                child.config, child.version = wanted[name].config, wanted[name].version
+                calls.append(self._reconfigure_partner(child))
+            await asyncio.gather(*calls)
+            summary = {"at": time.time(), "added": added, "removed": removed, "changed": changed}
+            if added or removed or changed:
+                self._last_partner_change = summary
+                log.info("partners reconciled: %s", summary)
+            return summary
+
+    async def _reconfigure_partner(self, child: Child) -> None:
+        try:
+            assert child.handle is not None
+            result: dict[str, int] = await asyncio.wait_for(child.handle.configure.remote(child.config),
+                                                            PING_TIMEOUT_S)
+            child.started += result["started"]
+            child.stopped += result["stopped"]
+        except (ray.exceptions.RayActorError, asyncio.TimeoutError, AssertionError) as err:
+            log.warning("%s did not take its new configuration (%s); the watcher will replace it", child.name, err)
 
     async def _apply(self, connections: list[ModbusConnection]) -> dict[str, Any]:
         async with self._apply_lock:
@@ -223,6 +286,7 @@ class Supervisor:
                                              server_settings={"application_name": LISTEN_APPLICATION_NAME})
                 conn.add_termination_listener(lambda _c, lost=lost: lost.set())
                 await conn.add_listener(CONFIG_CHANNEL, lambda *_: self._wake.set())
+                await conn.add_listener(partner_repo.CHANNEL, lambda *_: self._wake.set())
                 self._wake.set()  # whatever changed while nobody listened
                 while not lost.is_set():
                     try:
@@ -258,6 +322,10 @@ class Supervisor:
             result = await child.handle.assign.remote(child.assignment)
             child.started += result["started"]
             child.stopped += result["stopped"]
+        elif child.role == "partner":
+            configured: dict[str, int] = await child.handle.configure.remote(child.config)
+            child.started += configured["started"]
+            child.stopped += configured["stopped"]
         else:
             await child.handle.start.remote()
 
@@ -290,10 +358,13 @@ class Supervisor:
             "uptime_s": round(time.time() - self._started_at, 1),
             "reconciles": self._reconciles,
             "last_change": self._last_reconcile,
+            "last_partner_change": self._last_partner_change,
+            "partner_problems": self._partner_problems,
             "children": {
                 c.name: {"role": c.role, "connections": len(c.assignment), "restarts": c.restarts,
                          "connection_ids": [x.connection_id for x in c.assignment],
-                         "started": c.started, "stopped": c.stopped, "last_ping": c.last_ping}
+                         "started": c.started, "stopped": c.stopped, "last_ping": c.last_ping,
+                         **({"version": c.version} if c.role == "partner" else {})}
                 for c in self._children.values()
             },
         }

@@ -51,9 +51,9 @@ _HOST_LABEL = re.compile(r"^(?!-)[A-Za-z0-9-]{1,63}(?<!-)$")  # RFC 1123 host na
 class ConfigError(ValueError):
     """Configuration that cannot be stored; `problems` lists each, already phrased for a person."""
 
-    def __init__(self, problems: Sequence[str]) -> None:
+    def __init__(self, problems: Sequence[str], what: str = "Modbus") -> None:
         self.problems = list(problems)
-        super().__init__("invalid Modbus configuration:\n" + "\n".join(f"  - {p}" for p in self.problems))
+        super().__init__(f"invalid {what} configuration:\n" + "\n".join(f"  - {p}" for p in self.problems))
 
 
 class DeviceConfig(BaseModel):

@@ -17,6 +17,7 @@ from typing import Any
 from meterray.domain import (
     DeviceEvent,
     DeviceStatus,
+    FailureKind,
     PollFailure,
     Quality,
     ReadingBatch,
@@ -123,8 +124,11 @@ class DeviceState:
         self.last_failure = failure.detail
         self.last_failure_ms = failure.ts_ms
         target = DeviceStatus.OFFLINE if self.consecutive_failures >= OFFLINE_AFTER_FAILURES else DeviceStatus.DEGRADED
-        if self.status is DeviceStatus.OFFLINE:
+        # A partner that says a meter is offline has seen it so: no need to count our own failed polls.
+        if self.status is DeviceStatus.OFFLINE or failure.kind is FailureKind.DEVICE_OFFLINE:
             target = DeviceStatus.OFFLINE
+        if failure.kind is FailureKind.DEVICE_ALARM:  # an error code, low battery or tamper: it still measures
+            target = DeviceStatus.DEGRADED
         return self._move_to(target, failure.ts_ms, f"{failure.kind.value}: {failure.detail}")
 
     def _move_to(self, status: DeviceStatus, ts_ms: int, reason: str) -> list[DeviceEvent]:

@@ -15,7 +15,7 @@ import shlex
 from pathlib import Path
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator, model_validator
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 ENV_PREFIX = "METERRAY_"
@@ -60,6 +60,8 @@ class Settings(BaseModel):
     device_processors: int = Field(1, ge=1)
     pg_writers: int = Field(1, ge=1)
     log_level: str = "INFO"
+    # Encrypts partner secrets at rest (storage/secrets.py); empty: a random key in <var_dir>/secret.key.
+    secret_key: SecretStr = SecretStr("")
 
     @model_validator(mode="before")
     @classmethod
@@ -124,6 +126,7 @@ class Settings(BaseModel):
         if parts.password:
             netloc = parts.netloc.replace(f":{parts.password}@", ":***@")
             out["pg_dsn"] = urlunsplit(parts._replace(netloc=netloc))
+        out["secret_key"] = "***" if self.secret_key.get_secret_value() else ""
         return out
 
     def shell(self, names: list[str] | None = None) -> str:

@@ -130,3 +130,28 @@ def wait_for(check: Callable[[], object], timeout_s: float, what: str, every_s: 
             return last
         time.sleep(every_s)
     pytest.fail(f"timed out after {timeout_s:.0f}s waiting for {what} (last: {last!r})")
+
+
+# Partner HTTP API simulators (simulators/partner_api.py), each its own process; one for steady
+# streams, one whose faults (slow pages, 429, 500, token expiry, device status) tests switch on.
+PARTNER_SIM_PORT = SIM_BASE_PORT + 80
+PARTNER_SIM_PORT_2 = SIM_BASE_PORT + 81
+
+
+def _partner_sim(settings: Settings, port: int, devices: int) -> Iterator[str]:
+    from simulators import partner_api
+
+    proc = partner_api.start(port, devices, 1.0, settings.var_dir / "log" / f"partner-sim-{port}.log")
+    yield f"http://127.0.0.1:{port}"
+    os.killpg(proc.pid, signal.SIGTERM)
+    proc.wait(timeout=10)
+
+
+@pytest.fixture(scope="session")
+def partner_sim(settings: Settings) -> Iterator[str]:
+    yield from _partner_sim(settings, PARTNER_SIM_PORT, 40)
+
+
+@pytest.fixture(scope="session")
+def partner_sim_2(settings: Settings) -> Iterator[str]:
+    yield from _partner_sim(settings, PARTNER_SIM_PORT_2, 10)

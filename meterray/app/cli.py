@@ -70,6 +70,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     b.add_argument("--knee-max", type=int, default=16000,
                    help="largest probe, meters; the simulator is sized for it (default 16000)")
 
+    b = bench_sub.add_parser("partners", help="pages/s and records/s from the partner simulator: meterray vs a plain "
+                                              "aiohttp → Kafka loop")
+    b.add_argument("--devices", type=int, default=100, help="simulated meters (default 100)")
+    b.add_argument("--paths", type=int, default=4, help="retrieval paths, each for its share of the meters")
+    b.add_argument("--window", type=float, default=600.0, help="seconds of 1 s readings fetched (default 600)")
+    b.add_argument("--page-size", type=int, default=1000, help="records per page (default 1000)")
+
     args = parser.parse_args(args_list)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
@@ -162,6 +169,11 @@ def _status(settings: Settings, args: argparse.Namespace) -> int:
 
 
 def _bench(settings: Settings, args: argparse.Namespace) -> int:
+    if args.scenario == "partners":
+        from bench.partners import run_benchmark as run_partners
+
+        print(json.dumps(run_partners(settings, args.devices, args.paths, args.window, args.page_size), indent=2))
+        return 0
     from bench.modbus import KneePlan, find_knee, run_benchmark
 
     if args.find_knee:

@@ -138,11 +138,20 @@ def demo(settings: Settings, meters: int, interval_s: float) -> int:
     prepare_stores(settings)
     manifest = settings.var_dir / "demo" / "manifest.json"
     sim = start_simulator(settings, meters, 5, DEMO_BASE_PORT, manifest)
+    partner_sim = None
     try:
         n = register_manifest(settings, manifest, interval_s, min(1.0, interval_s / 2))
         print(f"simulator: {meters} meters on {n} Modbus TCP ports from 127.0.0.1:{DEMO_BASE_PORT}, "
               f"fault control on http://127.0.0.1:{DEMO_BASE_PORT - 1}/devices", flush=True)
+        from meterray.app.demo_partners import PARTNER_SIM_PORT, start_demo_partners
+
+        partner_sim = start_demo_partners(settings)
+        print(f"partners: acme (JSON, OAuth2, cursor) and volta (CSV, API key, pages; device status) from the "
+              f"partner simulator on http://127.0.0.1:{PARTNER_SIM_PORT}; see /api/v1/partners", flush=True)
         return run_until_interrupted(settings, started=started)
     finally:
         os.killpg(sim.pid, signal.SIGTERM)
         sim.wait(timeout=10)
+        if partner_sim is not None:
+            os.killpg(partner_sim.pid, signal.SIGTERM)
+            partner_sim.wait(timeout=10)

@@ -10,11 +10,14 @@ from serve_apps.deps import Db, configure_db
 from serve_apps.monitoring.routes import devices_router
 from serve_apps.monitoring.runtime import RuntimeSources
 from serve_apps.monitoring.runtime_routes import configure_runtime, runtime_router
+from serve_apps.partners.deps import configure_partners
+from serve_apps.partners.routes import partners_router
 
 api = FastAPI(title="meterray monitoring", version="0.1.0",
               description="Devices, their current values and the readings archive.")
 api.include_router(devices_router)
 api.include_router(runtime_router)
+api.include_router(partners_router)  # the partners seed service's routes, served by the same ingress for now
 
 
 @api.get("/healthz", tags=["health"])
@@ -29,6 +32,7 @@ class MonitoringApi:
     def __init__(self, settings: Settings, sources: RuntimeSources | None = None) -> None:
         self._db = configure_db(settings.pg_dsn)
         configure_runtime(sources)
+        configure_partners(settings)
 
     async def check_health(self) -> None:
         """Serve marks the replica unhealthy (and replaces it) while PostgreSQL does not answer."""

@@ -200,6 +200,16 @@ async def registered_device_ids(conn: asyncpg.Connection | asyncpg.Pool,
     return {r["id"] for r in rows}
 
 
+async def registered_or_recent(conn: asyncpg.Connection | asyncpg.Pool, device_ids: Iterable[str],
+                               recent_s: float) -> set[str]:
+    """Those of `device_ids` that are registered, and every device registered in the last `recent_s`
+    seconds: a source that registers several devices at once (a partner) is known for all of them
+    after one question, not only for the first that came in."""
+    rows = await conn.fetch("SELECT id FROM devices.devices WHERE id = ANY($1::text[])"
+                            " OR created_at > now() - make_interval(secs => $2)", list(device_ids), recent_s)
+    return {r["id"] for r in rows}
+
+
 async def replace_modbus_connections(conn: asyncpg.Connection, connections: Sequence[ModbusConnection],
                                      id_prefix: str) -> None:
     """Make the connections whose id starts with `id_prefix` exactly `connections`, in one transaction."""

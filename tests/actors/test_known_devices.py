@@ -36,3 +36,15 @@ async def test_misses_ask_postgres_at_most_once_per_interval_and_find_new_device
         await conn.close()
         clock.now += 300.0
         assert await known.unknown({"kd-1"}) == {"kd-1"}  # the full reload forgets deleted devices
+
+
+async def test_a_miss_learns_every_device_registered_with_it(actors_db: Settings) -> None:
+    clock = Clock()
+    async with asyncpg.create_pool(actors_db.pg_dsn, min_size=1, max_size=1) as pool:
+        known = KnownDevices(pool, min_refresh_s=1.0, full_reload_s=300.0, clock=clock)
+        assert await known.unknown({"kd-batch-0"}) == {"kd-batch-0"}
+        await register(actors_db.pg_dsn, "kd-batch-1", "kd-batch-2", "kd-batch-3")  # one source, one transaction
+        clock.now += 1.0
+        assert await known.unknown({"kd-batch-1"}) == set() and known.queries == 2
+        # The others reach the stage within the same second: known, no refusal, no further query.
+        assert await known.unknown({"kd-batch-2", "kd-batch-3"}) == set() and known.queries == 2

@@ -1,0 +1,1 @@
+"""Partners HTTP API: partner configurations, dry runs, backfills and webhook pushes."""
