@@ -40,15 +40,19 @@ from ray.actor import ActorHandle
 from actors import metrics
 from actors.device_processor import DeviceProcessor
 from actors.modbus_shard import ModbusShard
+from actors.mqtt_shard import MqttShard
 from actors.pg_writer import PgWriter
 from meterray.domain import ModbusConnection
+from meterray.mqtt_config import MqttConnection
 from meterray.settings import Settings
 from storage.postgres.devices import CONFIG_CHANNEL, load_modbus_connections
+from storage.postgres.mqtt import load_mqtt_connections
 
 log = logging.getLogger(__name__)
 
 SUPERVISOR_NAME = "supervisor"
 SHARD_PREFIX = "modbus-shard-"
+MQTT_SHARD_PREFIX = "mqtt-shard-"
 WATCH_INTERVAL_S = 1.0
 PING_TIMEOUT_S = 10.0
 STOP_TIMEOUT_S = 20.0
@@ -111,6 +115,7 @@ class Child:
     last_ping: dict[str, Any] = field(default_factory=dict)
     started: int = 0  # connection tasks the shard started / stopped on our assign calls, all time
     stopped: int = 0
+    mqtt: tuple[MqttConnection, int] | None = None  # an MQTT shard's connection and subscriber index
 
 
 @ray.remote(num_cpus=0, max_restarts=-1, max_task_retries=-1)
@@ -128,6 +133,7 @@ class Supervisor:
         self._placement: dict[str, str] = {}  # connection id → shard name
         self._reconciles = 0
         self._last_reconcile: dict[str, Any] = {}
+        self._last_mqtt_change: dict[str, Any] = {}
         if ray.get_runtime_context().was_current_actor_reconstructed:
             # Our children died with the old process: rebuild them without waiting for a caller.
             asyncio.get_running_loop().create_task(self.start())
@@ -148,6 +154,7 @@ class Supervisor:
                 self._children[f"{role}-{i}"] = Child(f"{role}-{i}", role, actor_class)
         others = list(self._children.values())
         await asyncio.gather(*(self._launch(c) for c in others), self._apply(connections))
+        await self._apply_mqtt(await self._load_mqtt())
         self._watcher = asyncio.create_task(self._watch(), name="supervisor-watch")
         self._background = [asyncio.create_task(self._listen(), name="supervisor-listen"),
                             asyncio.create_task(self._reconcile_loop(), name="supervisor-reconcile")]
@@ -162,7 +169,64 @@ class Supervisor:
 
     async def reconcile(self) -> dict[str, Any]:
         """Re-read the desired connections and apply only the difference; returns what changed."""
-        return await self._apply(await self._load())
+        summary = await self._apply(await self._load())
+        summary["mqtt"] = await self._apply_mqtt(await self._load_mqtt())
+        return summary
+
+    # --- MQTT connections: one shard actor per subscriber of each connection -----------------------
+
+    async def _load_mqtt(self) -> list[MqttConnection]:
+        conn = await asyncpg.connect(self._settings.pg_dsn)
+        try:
+            return await load_mqtt_connections(conn)
+        finally:
+            await conn.close()
+
+    async def _apply_mqtt(self, connections: list[MqttConnection]) -> dict[str, Any]:
+        """Start, reconfigure or stop only the MQTT shards whose connection changed."""
+        async with self._apply_lock:
+            wanted = {f"{MQTT_SHARD_PREFIX}{c.connection_id}-{i}": (c, i)
+                      for c in connections for i in range(c.subscribers)}
+            current = {c.name: c for c in self._children.values() if c.role == "mqtt-shard"}
+            calls: list[Awaitable[None]] = []
+            added, changed = [], []
+            for name, spec in sorted(wanted.items()):
+                child = current.get(name)
+                if child is None:
+                    child = self._children[name] = Child(name, "mqtt-shard", MqttShard, mqtt=spec)
+                    calls.append(self._launch(child))
+                    added.append(name)
+                elif child.mqtt != spec:
+                    child.mqtt = spec
+                    calls.append(self._reconfigure_mqtt(child))
+                    changed.append(name)
+            removed = sorted(current.keys() - wanted.keys())
+            for name in removed:
+                calls.append(self._stop_mqtt(self._children.pop(name)))
+            await asyncio.gather(*calls)
+            summary = {"at": time.time(), "added": added, "changed": changed, "removed": removed}
+            if added or changed or removed:
+                self._last_mqtt_change = summary
+                log.info("MQTT shards reconciled: %s", summary)
+            return summary
+
+    async def _reconfigure_mqtt(self, child: Child) -> None:
+        try:
+            assert child.handle is not None and child.mqtt is not None
+            await asyncio.wait_for(child.handle.configure.remote(*child.mqtt), PING_TIMEOUT_S)
+            child.started += 1
+        except (ray.exceptions.RayActorError, asyncio.TimeoutError, AssertionError) as err:
+            log.warning("%s did not take its new configuration (%s); the watcher will replace it", child.name, err)
+
+    async def _stop_mqtt(self, child: Child) -> None:
+        """A removed connection's subscriber ends its broker session too (nothing queues for it any more)."""
+        if child.handle is None:
+            return
+        try:
+            await asyncio.wait_for(child.handle.stop.remote(forget_session=True), STOP_TIMEOUT_S)
+        except (ray.exceptions.RayActorError, asyncio.TimeoutError) as err:
+            log.warning("%s did not stop cleanly: %s", child.name, err)
+        ray.kill(child.handle, no_restart=True)
 
     async def _apply(self, connections: list[ModbusConnection]) -> dict[str, Any]:
         async with self._apply_lock:
@@ -256,6 +320,9 @@ class Supervisor:
             result = await child.handle.assign.remote(child.assignment)
             child.started += result["started"]
             child.stopped += result["stopped"]
+        elif child.role == "mqtt-shard" and child.mqtt is not None:
+            await child.handle.configure.remote(*child.mqtt)
+            child.started += 1
         else:
             await child.handle.start.remote()
 
@@ -288,9 +355,11 @@ class Supervisor:
             "uptime_s": round(time.time() - self._started_at, 1),
             "reconciles": self._reconciles,
             "last_change": self._last_reconcile,
+            "last_mqtt_change": self._last_mqtt_change,
             "children": {
                 c.name: {"role": c.role, "connections": len(c.assignment), "restarts": c.restarts,
-                         "connection_ids": [x.connection_id for x in c.assignment],
+                         "connection_ids": [x.connection_id for x in c.assignment]
+                         + ([c.mqtt[0].connection_id] if c.mqtt else []),
                          "started": c.started, "stopped": c.stopped, "last_ping": c.last_ping}
                 for c in self._children.values()
             },
