@@ -93,6 +93,7 @@ class MqttShardCore:
         self._subscriber: Subscriber | None = None
         self._inbox: deque[InMessage] = deque()
         self._wake = asyncio.Event()
+        self._wake_pending = False
         self._loop: asyncio.AbstractEventLoop | None = None
         self._pool: asyncpg.Pool | None = None
         self._known: KnownDevices | None = None
@@ -122,9 +123,11 @@ class MqttShardCore:
         return {"changed": True, "client_id": spec.client_id, "subscription": spec.subscription}
 
     def _received(self, m: InMessage) -> None:
-        """paho's thread: queue the message and wake the event loop once per burst."""
+        """paho's thread: queue the message and wake the event loop once per burst (a wake-up is a
+        write to the loop's self-pipe: once per message would cost more than the message)."""
         self._inbox.append(m)
-        if not self._wake.is_set() and self._loop is not None:
+        if not self._wake_pending and self._loop is not None:
+            self._wake_pending = True
             self._loop.call_soon_threadsafe(self._wake.set)
 
     def health(self) -> dict[str, object]:
@@ -141,6 +144,7 @@ class MqttShardCore:
         while True:
             await self._wake.wait()
             self._wake.clear()
+            self._wake_pending = False  # before taking: a message queued from now on wakes us again
             while self._inbox:
                 n = min(len(self._inbox), MAX_BATCH_MESSAGES)
                 batch = _Batch([self._inbox.popleft() for _ in range(n)], asyncio.get_running_loop().create_future())
@@ -156,11 +160,9 @@ class MqttShardCore:
             await batch.done
             sub = self._subscriber
             now = time.time()
-            for m in batch.messages:
-                if sub is not None and sub.ack(m):
-                    self.stats.acked += 1
-                else:
-                    self.stats.ack_skipped += 1
+            acked, skipped = sub.ack_many(batch.messages) if sub is not None else (0, len(batch.messages))
+            self.stats.acked += acked
+            self.stats.ack_skipped += skipped
             self.stats.latencies_ms.extend((now - m.received) * 1000 for m in batch.messages)
 
     async def _deliver(self, batch: _Batch) -> None:

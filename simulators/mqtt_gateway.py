@@ -24,6 +24,7 @@ from __future__ import annotations
 import argparse
 import json
 import random
+import resource
 import sys
 import threading
 import time
@@ -214,7 +215,13 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             "datapoints": s.datapoints, "checksum": s.checksum, "duplicates": s.duplicates, "late": s.late,
             "malformed": s.malformed, "first_ms": s.first_ms, "last_ms": s.last_ms, "seconds": round(elapsed, 3),
             "messages_per_s": round(s.messages / elapsed, 1) if elapsed else None,
+            "cpu_s": round(_cpu_s(), 2),
             "device_ids": [m.device_id for m in meters] if args.list_devices else None}
+
+
+def _cpu_s() -> float:
+    r = resource.getrusage(resource.RUSAGE_SELF)
+    return r.ru_utime + r.ru_stime
 
 
 def parser() -> argparse.ArgumentParser:

@@ -64,6 +64,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     b.add_argument("--knee-max", type=int, default=16000,
                    help="largest probe, meters; the simulator is sized for it (default 16000)")
 
+    b = bench_sub.add_parser("mqtt", help="N devices publishing at QoS 1: meterray runtime vs a plain paho → Kafka "
+                                          "subscriber; writes bench/results/mqtt.json")
+    b.add_argument("--devices", type=int, default=1000)
+    b.add_argument("--rate", type=float, default=2000.0, help="messages per second in total (default 2000)")
+    b.add_argument("--seconds", type=float, default=30.0, help="publishing time per side (default 30)")
+    b.add_argument("--subscribers", type=int, default=2, help="MQTT shards sharing the subscription (default 2)")
+
     args = parser.parse_args(args_list)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
@@ -140,6 +147,8 @@ def _status(settings: Settings, args: argparse.Namespace) -> int:
 
 
 def _bench(settings: Settings, args: argparse.Namespace) -> int:
+    if args.scenario == "mqtt":
+        return _bench_mqtt(settings, args)
     from bench.modbus import KneePlan, find_knee, run_benchmark
 
     if args.find_knee:
@@ -154,6 +163,17 @@ def _bench(settings: Settings, args: argparse.Namespace) -> int:
         result = run_benchmark(settings, args.meters, args.interval, args.seconds or 60.0, args.units_per_port,
                                10.0 if args.warmup is None else args.warmup)
     print(json.dumps(result, indent=2))
+    return 0
+
+
+def _bench_mqtt(settings: Settings, args: argparse.Namespace) -> int:
+    from bench.mqtt import run_benchmark
+
+    if args.devices < 1 or args.rate <= 0 or args.seconds <= 0 or not 1 <= args.subscribers <= 16:
+        print("meterray bench mqtt: --devices, --rate and --seconds must be positive, --subscribers 1..16",
+              file=sys.stderr)
+        return 2
+    print(json.dumps(run_benchmark(settings, args.devices, args.rate, args.seconds, args.subscribers), indent=2))
     return 0
 
 

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import itertools
 import logging
+import struct
 import threading
 import time
 from collections.abc import Callable
@@ -38,6 +39,7 @@ log = logging.getLogger(__name__)
 
 KEEPALIVE_S = 30
 QOS = 1
+_PUBACK = struct.Struct("!BBH")
 _EPOCHS = itertools.count(1)  # process-wide: an epoch never repeats, also across Subscriber objects
 
 
@@ -93,6 +95,26 @@ class Subscriber:
         self._client.connect_async(self.spec.host, self.spec.port, keepalive=KEEPALIVE_S, clean_start=False,
                                    properties=props)
         self._client.loop_start()
+
+    def ack_many(self, messages: list[InMessage]) -> tuple[int, int]:
+        """Acknowledge messages, in their order, as one write; returns (acknowledged, skipped).
+
+        paho acknowledges one message per call, each a queued packet, a wake-up of its network thread
+        and a send() of its own: at 10,000 messages/s that alone costs a good part of a core. A PUBACK
+        is 4 fixed bytes (MQTT 5.0 §3.4: type 0x40, remaining length 2, packet id; the reason code
+        may be omitted for Success, §3.4.2.1), so a batch's PUBACKs go out as one queued write, through
+        the same queue paho's own `ack` uses (`_packet_queue`, paho-mqtt 2.1–2.2).
+        """
+        with self._lock:
+            if not self.connected:
+                return 0, sum(m.qos > 0 for m in messages)
+            epoch = self._epoch
+            mids = [m.mid for m in messages if m.qos == 1 and m.epoch == epoch]
+            skipped = sum(1 for m in messages if m.qos > 0 and m.epoch != epoch)
+            if mids:
+                blob = b"".join([_PUBACK.pack(0x40, 2, mid) for mid in mids])
+                self._client._packet_queue(mqtt.PUBACK, blob, 0, 0)
+            return len(messages) - skipped, skipped
 
     def ack(self, m: InMessage) -> bool:
         """Acknowledge a message; False if it came on an earlier connection (the broker sends it again)."""

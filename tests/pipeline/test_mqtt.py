@@ -253,3 +253,28 @@ def test_changing_one_mqtt_connection_leaves_the_other_streams_uninterrupted(
 
 def _fields(c: MqttConnection) -> dict[str, Any]:
     return {f: getattr(c, f) for f in MqttConnection.__dataclass_fields__}
+
+
+def test_demo_connection_registers_a_device_published_with_mosquitto_pub(runtime: dict) -> None:
+    from meterray.app.demo import DEMO_MQTT_CONNECTION, register_demo_mqtt
+
+    settings, api = runtime["settings"], runtime["api"]
+    hint = register_demo_mqtt(settings)
+    device = f"{PREFIX}-demo-meter"
+    try:
+        wait_for(lambda: _subscribed(runtime, MqttConnection(DEMO_MQTT_CONNECTION, "", 0, "", subscribers=1)), 60,
+                 "the demo's MQTT shard to subscribe")
+        # The command the demo prints, for another device id.
+        command = hint.split("try\n  ", 1)[1].split("\n", 1)[0].replace("my-meter-1", device)
+        subprocess.run(command, shell=True, check=True, timeout=30)
+        listed = wait_for(lambda: next((d for d in all_devices(api) if d["id"] == device), None), 60,
+                          "the published device in GET /api/v1/devices")
+        assert isinstance(listed, dict) and listed["protocol"] == "mqtt"
+        current = wait_for(lambda: sql(settings.pg_dsn, "SELECT quantity, value FROM monitoring.readings_current"
+                                                        " WHERE device_id = $1 ORDER BY quantity", device), 60,
+                           "its current readings")
+        assert isinstance(current, list)
+        assert [(r["quantity"], r["value"]) for r in current] == [("1-0:1.8.0", 1234.5), ("1-0:16.7.0", 850.0),
+                                                                  ("1-0:32.7.0", 231.2)]
+    finally:
+        _db(settings, mqtt_repo.delete_mqtt_connections, [DEMO_MQTT_CONNECTION])
