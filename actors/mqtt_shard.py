@@ -263,16 +263,21 @@ class MqttShardCore:
             await asyncio.to_thread(sub.stop, forget)
             self._inbox.clear()  # unacknowledged: the broker sends them again to the next session
 
-    async def stop(self, forget_session: bool = False) -> None:
-        """Stop taking messages, let the batches with Kafka finish and be acknowledged, then disconnect."""
-        for t in self._tasks[:1]:
-            t.cancel()
-        deadline = time.monotonic() + 10.0
-        while not self._acks.empty() and time.monotonic() < deadline:
+    async def stop(self, forget_session: bool = False, drain_timeout_s: float = 10.0) -> None:
+        """Stop: what was received is delivered and acknowledged (for up to `drain_timeout_s`), then the
+        session is closed. `forget_session` (the connection was removed, or has fewer subscribers now)
+        first unsubscribes, so the broker routes nothing new here, and then ends the session; otherwise
+        (a runtime shutdown) the broker keeps the session and queues for it until a shard resumes it."""
+        if forget_session and self._subscriber is not None:
+            await asyncio.to_thread(self._subscriber.unsubscribe)
+        deadline = time.monotonic() + drain_timeout_s
+        while (self._inbox or not self._acks.empty() or self._delivering) and time.monotonic() < deadline:
+            if not forget_session:
+                self._inbox.clear()  # not taken yet: the broker re-sends these to the resumed session
             await asyncio.sleep(0.05)
         for t in self._tasks:
             t.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
+        await asyncio.gather(*self._tasks, *self._delivering, return_exceptions=True)
         self._tasks = []
         await self._close_session(forget_session)
         if self._pool is not None:

@@ -345,6 +345,8 @@ class Supervisor:
         metrics.count(metrics.actor_restarts(), 1, role=child.role)
         try:
             async with self._apply_lock:  # a reconcile in flight must not hand it an old assignment
+                if self._children.get(child.name) is not child:
+                    return  # removed meanwhile (an MQTT connection deleted): nothing to replace
                 await self._launch(child)
         except Exception as err:  # the next watch round tries again
             log.error("could not restart %s: %s", child.name, err)

@@ -126,6 +126,11 @@ class Subscriber:
             self._client.ack(m.mid, m.qos)
             return True
 
+    def unsubscribe(self) -> None:
+        """Ask the broker to send this session nothing new (what it already sent is still acknowledged)."""
+        if self.connected:
+            self._client.unsubscribe(self.spec.subscription)
+
     def stop(self, forget_session: bool = False) -> None:
         """Disconnect. The broker keeps the session (and queues for it) unless `forget_session`:
         then the session ends now (DISCONNECT with Session Expiry Interval 0, MQTT 5.0 §3.14.2.2.2)."""
@@ -134,8 +139,6 @@ class Subscriber:
             props = Properties(PacketTypes.DISCONNECT)
             props.SessionExpiryInterval = 0
         try:
-            if forget_session and self.connected:
-                self._client.unsubscribe(self.spec.subscription)
             self._client.disconnect(properties=props)
         finally:
             self._client.loop_stop()

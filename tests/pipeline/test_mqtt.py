@@ -278,3 +278,19 @@ def test_demo_connection_registers_a_device_published_with_mosquitto_pub(runtime
                                                                   ("1-0:32.7.0", 231.2)]
     finally:
         _db(settings, mqtt_repo.delete_mqtt_connections, [DEMO_MQTT_CONNECTION])
+
+
+def test_a_removed_connection_stops_its_shards_and_its_session(runtime: dict,
+                                                               mqtt_connections: list[MqttConnection]) -> None:
+    settings = runtime["settings"]
+    conn = _connection("gone", auto_register=True)
+    _register(runtime, mqtt_connections, conn)
+    published = _simulate(settings, "gone", "--meters", "3", "--rate", "30", "--count", "30")
+    _all_in_pg(settings, f"{PREFIX}-gone-", published)
+    _db(settings, mqtt_repo.delete_mqtt_connections, [conn.connection_id])
+    wait_for(lambda: not _shards(runtime, conn.connection_id), 30, "the removed connection's shards to stop")
+    assert not _pings(runtime, conn.connection_id)
+    # Published after the removal: nobody reads it any more, nothing of it is stored.
+    _simulate(settings, "gone", "--meters", "3", "--rate", "30", "--count", "10")
+    time.sleep(3)  # a negative check: give a (wrongly) surviving subscriber time to store something
+    assert _in_pg(settings, f"{PREFIX}-gone-") == (published["datapoints"], published["checksum"])
