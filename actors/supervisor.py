@@ -10,6 +10,11 @@ listening connection), then applies only the difference: a shard whose connectio
 is not called at all, and ModbusShardCore.assign keeps the untouched connections of a called shard
 running. So a change touches only the connections it changes.
 
+MQTT connections (devices.mqtt_connections) are read on the same signal: each has `subscribers`
+MqttShard children named `mqtt-shard-<connection id>-<i>`; a changed connection's shards are
+reconfigured (they reconnect), a removed one's are stopped with their broker sessions, and no other
+child is called (`_apply_mqtt`). Their placement is fixed by name: a shard is one MQTT session.
+
 Placement is sticky (`place`): a connection stays on the shard it was given for the supervisor's
 life; a new one goes to the least-loaded shard with room (at most `connections_per_shard`
 connections and `shard_max_polls_per_s` polls per second), a new shard when all are full. Adding,
