@@ -109,9 +109,6 @@ class MqttShardCore:
         await self._close_session(forget=False)
         self.conn, self.index = conn, index
         self._loop = asyncio.get_running_loop()
-        if self._pool is None:
-            self._pool = await asyncpg.create_pool(self._settings.pg_dsn, min_size=1, max_size=2)
-            self._known = KnownDevices(self._pool)
         if not self._tasks:
             self._tasks = [asyncio.create_task(self._take_loop(), name="mqtt-take"),
                            asyncio.create_task(self._ack_loop(), name="mqtt-ack")]
@@ -219,10 +216,14 @@ class MqttShardCore:
 
     async def _unknown(self, device_ids: set[str]) -> set[str]:
         """Devices not registered; with auto_register they are registered now (idempotent) and none is."""
-        assert self._known is not None and self._pool is not None and self.conn is not None
+        assert self.conn is not None
         backoff = Backoff(base_s=0.2, cap_s=5.0)
         while True:
             try:
+                if self._pool is None:  # made here, not when configured: PostgreSQL may be away at start
+                    self._pool = await asyncpg.create_pool(self._settings.pg_dsn, min_size=1, max_size=2)
+                    self._known = KnownDevices(self._pool)
+                assert self._known is not None
                 unknown = await self._known.unknown(device_ids)
                 if not unknown or not self.conn.auto_register:
                     return unknown
