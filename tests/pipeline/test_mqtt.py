@@ -16,6 +16,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
+from datetime import datetime, timezone
 from typing import Any
 
 import asyncpg
@@ -227,6 +228,7 @@ def test_changing_one_mqtt_connection_leaves_the_other_streams_uninterrupted(
             for name in ("steady", "changing")]
     wait_for(lambda: _in_pg(settings, f"{PREFIX}-changing-")[0] > 0, 60, "the changing stream to flow")
     changed = MqttConnection(**{**_fields(changing), "inflight": 50})
+    changed_at = time.time()
     _db(settings, mqtt_repo.save_mqtt_connections, [changed])
     wait_for(lambda: ray.get(runtime["supervisor"].status.remote())["last_mqtt_change"].get("changed") ==
              [f"mqtt-shard-{changed.connection_id}-0", f"mqtt-shard-{changed.connection_id}-1"], 20,
@@ -243,6 +245,16 @@ def test_changing_one_mqtt_connection_leaves_the_other_streams_uninterrupted(
                                 " WHERE device_id LIKE $1", f"{PREFIX}-steady-%")
     seconds = sorted(r["s"] for r in rows)
     assert seconds[-1] - seconds[0] + 1 - len(seconds) <= 0, "a second without a reading in the steady stream"
+    # The Modbus meters kept their poll grid through the change: one energy reading per 1 s slot, none missed.
+    window = (datetime.fromtimestamp(changed_at - 3, timezone.utc),
+              datetime.fromtimestamp(changed_at + 5, timezone.utc))
+    for meter in runtime["manifest"]:
+        rows = sql(settings.pg_dsn, "SELECT (extract(epoch FROM ts) * 1000)::bigint AS ms FROM monitoring.readings"
+                                    " WHERE device_id = $1 AND quantity = '1-0:1.8.0' AND ts >= $2 AND ts < $3"
+                                    " ORDER BY ts", meter["device_id"], *window)
+        stamps = [r["ms"] for r in rows]
+        assert len(stamps) >= 7 and {b - a for a, b in zip(stamps, stamps[1:], strict=False)} == {1000}, \
+            (meter["device_id"], stamps)
     # Neither the Modbus shards nor any other child restarted.
     status1 = ray.get(runtime["supervisor"].status.remote())
     assert {n: c["restarts"] for n, c in status1["children"].items() if n in status0["children"]} == \
