@@ -10,6 +10,11 @@ listening connection), then applies only the difference: a shard whose connectio
 is not called at all, and ModbusShardCore.assign keeps the untouched connections of a called shard
 running. So a change touches only the connections it changes.
 
+MQTT connections (devices.mqtt_connections) are read on the same signal: each has `subscribers`
+MqttShard children named `mqtt-shard-<connection id>-<i>`; a changed connection's shards are
+reconfigured (they reconnect), a removed one's are stopped with their broker sessions, and no other
+child is called (`_apply_mqtt`). Their placement is fixed by name: a shard is one MQTT session.
+
 Placement is sticky (`place`): a connection stays on the shard it was given for the supervisor's
 life; a new one goes to the least-loaded shard with room (at most `connections_per_shard`
 connections and `shard_max_polls_per_s` polls per second), a new shard when all are full. Adding,
@@ -40,13 +45,16 @@ from ray.actor import ActorHandle
 from actors import metrics
 from actors.device_processor import DeviceProcessor
 from actors.modbus_shard import ModbusShard
+from actors.mqtt_shard import MqttShard
 from actors.naming import create_named
 from actors.partner import PartnerActor
 from actors.pg_writer import PgWriter
 from meterray.domain import ModbusConnection
+from meterray.mqtt_config import MqttConnection
 from meterray.settings import Settings
 from storage.postgres import partners as partner_repo
 from storage.postgres.devices import CONFIG_CHANNEL, load_modbus_connections
+from storage.postgres.mqtt import load_mqtt_connections
 from storage.secrets import cipher
 
 log = logging.getLogger(__name__)
@@ -54,6 +62,7 @@ log = logging.getLogger(__name__)
 SUPERVISOR_NAME = "supervisor"
 SHARD_PREFIX = "modbus-shard-"
 PARTNER_PREFIX = "partner-"
+MQTT_SHARD_PREFIX = "mqtt-shard-"
 WATCH_INTERVAL_S = 1.0
 PING_TIMEOUT_S = 10.0
 STOP_TIMEOUT_S = 20.0
@@ -118,6 +127,7 @@ class Child:
     stopped: int = 0
     config: Any = None  # a partner's PartnerConfig
     version: int = 0  # … and its stored version
+    mqtt: tuple[MqttConnection, int] | None = None  # an MQTT shard's connection and subscriber index
 
 
 @ray.remote(num_cpus=0, max_restarts=-1, max_task_retries=-1)
@@ -137,6 +147,7 @@ class Supervisor:
         self._last_reconcile: dict[str, Any] = {}
         self._last_partner_change: dict[str, Any] = {}
         self._partner_problems: dict[str, str] = {}
+        self._last_mqtt_change: dict[str, Any] = {}
         if ray.get_runtime_context().was_current_actor_reconstructed:
             # Our children died with the old process: rebuild them without waiting for a caller.
             asyncio.get_running_loop().create_task(self.start())
@@ -158,6 +169,7 @@ class Supervisor:
         others = list(self._children.values())
         await asyncio.gather(*(self._launch(c) for c in others), self._apply(connections))
         await self._apply_partners()
+        await self._apply_mqtt(await self._load_mqtt())
         self._watcher = asyncio.create_task(self._watch(), name="supervisor-watch")
         self._background = [asyncio.create_task(self._listen(), name="supervisor-listen"),
                             asyncio.create_task(self._reconcile_loop(), name="supervisor-reconcile")]
@@ -174,6 +186,7 @@ class Supervisor:
         """Re-read the desired connections and partners and apply only the difference; returns what changed."""
         summary = await self._apply(await self._load())
         summary["partners"] = await self._apply_partners()
+        summary["mqtt"] = await self._apply_mqtt(await self._load_mqtt())
         return summary
 
     # Partners: one PartnerActor each, reconfigured in place when its stored configuration changes.
@@ -227,6 +240,61 @@ class Supervisor:
             child.stopped += result["stopped"]
         except (ray.exceptions.RayActorError, asyncio.TimeoutError, AssertionError) as err:
             log.warning("%s did not take its new configuration (%s); the watcher will replace it", child.name, err)
+
+    # --- MQTT connections: one shard actor per subscriber of each connection -----------------------
+
+    async def _load_mqtt(self) -> list[MqttConnection]:
+        conn = await asyncpg.connect(self._settings.pg_dsn)
+        try:
+            return await load_mqtt_connections(conn)
+        finally:
+            await conn.close()
+
+    async def _apply_mqtt(self, connections: list[MqttConnection]) -> dict[str, Any]:
+        """Start, reconfigure or stop only the MQTT shards whose connection changed."""
+        async with self._apply_lock:
+            wanted = {f"{MQTT_SHARD_PREFIX}{c.connection_id}-{i}": (c, i)
+                      for c in connections for i in range(c.subscribers)}
+            current = {c.name: c for c in self._children.values() if c.role == "mqtt-shard"}
+            calls: list[Awaitable[None]] = []
+            added, changed = [], []
+            for name, spec in sorted(wanted.items()):
+                child = current.get(name)
+                if child is None:
+                    child = self._children[name] = Child(name, "mqtt-shard", MqttShard, mqtt=spec)
+                    calls.append(self._launch(child))
+                    added.append(name)
+                elif child.mqtt != spec:
+                    child.mqtt = spec
+                    calls.append(self._reconfigure_mqtt(child))
+                    changed.append(name)
+            removed = sorted(current.keys() - wanted.keys())
+            for name in removed:
+                calls.append(self._stop_mqtt(self._children.pop(name)))
+            await asyncio.gather(*calls)
+            summary = {"at": time.time(), "added": added, "changed": changed, "removed": removed}
+            if added or changed or removed:
+                self._last_mqtt_change = summary
+                log.info("MQTT shards reconciled: %s", summary)
+            return summary
+
+    async def _reconfigure_mqtt(self, child: Child) -> None:
+        try:
+            assert child.handle is not None and child.mqtt is not None
+            await asyncio.wait_for(child.handle.configure.remote(*child.mqtt), PING_TIMEOUT_S)
+            child.started += 1
+        except (ray.exceptions.RayActorError, asyncio.TimeoutError, AssertionError) as err:
+            log.warning("%s did not take its new configuration (%s); the watcher will replace it", child.name, err)
+
+    async def _stop_mqtt(self, child: Child) -> None:
+        """A removed connection's subscriber ends its broker session too (nothing queues for it any more)."""
+        if child.handle is None:
+            return
+        try:
+            await asyncio.wait_for(child.handle.stop.remote(forget_session=True), STOP_TIMEOUT_S)
+        except (ray.exceptions.RayActorError, asyncio.TimeoutError) as err:
+            log.warning("%s did not stop cleanly: %s", child.name, err)
+        ray.kill(child.handle, no_restart=True)
 
     async def _apply(self, connections: list[ModbusConnection]) -> dict[str, Any]:
         async with self._apply_lock:
@@ -326,6 +394,9 @@ class Supervisor:
             configured: dict[str, int] = await child.handle.configure.remote(child.config)
             child.started += configured["started"]
             child.stopped += configured["stopped"]
+        elif child.role == "mqtt-shard" and child.mqtt is not None:
+            await child.handle.configure.remote(*child.mqtt)
+            child.started += 1
         else:
             await child.handle.start.remote()
 
@@ -348,6 +419,8 @@ class Supervisor:
         metrics.count(metrics.actor_restarts(), 1, role=child.role)
         try:
             async with self._apply_lock:  # a reconcile in flight must not hand it an old assignment
+                if self._children.get(child.name) is not child:
+                    return  # removed meanwhile (an MQTT connection deleted): nothing to replace
                 await self._launch(child)
         except Exception as err:  # the next watch round tries again
             log.error("could not restart %s: %s", child.name, err)
@@ -360,9 +433,11 @@ class Supervisor:
             "last_change": self._last_reconcile,
             "last_partner_change": self._last_partner_change,
             "partner_problems": self._partner_problems,
+            "last_mqtt_change": self._last_mqtt_change,
             "children": {
                 c.name: {"role": c.role, "connections": len(c.assignment), "restarts": c.restarts,
-                         "connection_ids": [x.connection_id for x in c.assignment],
+                         "connection_ids": [x.connection_id for x in c.assignment]
+                         + ([c.mqtt[0].connection_id] if c.mqtt else []),
                          "started": c.started, "stopped": c.stopped, "last_ping": c.last_ping,
                          **({"version": c.version} if c.role == "partner" else {})}
                 for c in self._children.values()

@@ -76,6 +76,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     b.add_argument("--paths", type=int, default=4, help="retrieval paths, each for its share of the meters")
     b.add_argument("--window", type=float, default=600.0, help="seconds of 1 s readings fetched (default 600)")
     b.add_argument("--page-size", type=int, default=1000, help="records per page (default 1000)")
+    b = bench_sub.add_parser("mqtt", help="N devices publishing at QoS 1: meterray runtime vs a plain paho → Kafka "
+                                          "subscriber; writes bench/results/mqtt.json")
+    b.add_argument("--devices", type=int, default=1000)
+    b.add_argument("--rate", type=float, default=2000.0, help="messages per second in total (default 2000)")
+    b.add_argument("--seconds", type=float, default=30.0, help="publishing time per side (default 30)")
+    b.add_argument("--subscribers", type=int, default=2, help="MQTT shards sharing the subscription (default 2)")
 
     args = parser.parse_args(args_list)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
@@ -174,6 +180,8 @@ def _bench(settings: Settings, args: argparse.Namespace) -> int:
 
         print(json.dumps(run_partners(settings, args.devices, args.paths, args.window, args.page_size), indent=2))
         return 0
+    if args.scenario == "mqtt":
+        return _bench_mqtt(settings, args)
     from bench.modbus import KneePlan, find_knee, run_benchmark
 
     if args.find_knee:
@@ -188,6 +196,17 @@ def _bench(settings: Settings, args: argparse.Namespace) -> int:
         result = run_benchmark(settings, args.meters, args.interval, args.seconds or 60.0, args.units_per_port,
                                10.0 if args.warmup is None else args.warmup)
     print(json.dumps(result, indent=2))
+    return 0
+
+
+def _bench_mqtt(settings: Settings, args: argparse.Namespace) -> int:
+    from bench.mqtt import run_benchmark
+
+    if args.devices < 1 or args.rate <= 0 or args.seconds <= 0 or not 1 <= args.subscribers <= 16:
+        print("meterray bench mqtt: --devices, --rate and --seconds must be positive, --subscribers 1..16",
+              file=sys.stderr)
+        return 2
+    print(json.dumps(run_benchmark(settings, args.devices, args.rate, args.seconds, args.subscribers), indent=2))
     return 0
 
 

@@ -130,6 +130,33 @@ def run_until_interrupted(settings: Settings, show_progress: bool = True, starte
     return 0
 
 
+DEMO_MQTT_CONNECTION = "demo-mqtt"
+
+
+async def _register_demo_mqtt(settings: Settings) -> None:
+    from meterray.mqtt_config import MqttConnection
+    from storage.postgres.mqtt import save_mqtt_connections
+
+    conn = await asyncpg.connect(settings.pg_dsn)
+    try:
+        await save_mqtt_connections(conn, [MqttConnection(
+            DEMO_MQTT_CONNECTION, settings.mqtt_host, settings.mqtt_port, "meterray/v1/+/readings",
+            auto_register=True)])
+    finally:
+        await conn.close()
+
+
+def register_demo_mqtt(settings: Settings) -> str:
+    """The demo's MQTT connection: meterray's own format on the local Mosquitto, unknown devices registered."""
+    asyncio.run(_register_demo_mqtt(settings))
+    now = datetime.now(timezone.utc).isoformat(timespec="seconds")
+    return (f"MQTT: meterray/v1/+/readings on {settings.mqtt_host}:{settings.mqtt_port}, new devices registered "
+            f"automatically; try\n  mosquitto_pub -h {settings.mqtt_host} -p {settings.mqtt_port} -q 1 "
+            f"-t meterray/v1/my-meter-1/readings -m '{{\"ts\": \"{now}\", \"values\": "
+            f"{{\"1-0:1.8.0\": 1234.5, \"1-0:16.7.0\": 850, \"1-0:32.7.0\": 231.2}}}}'\n"
+            f"  (\"ts\" may also be epoch milliseconds) and look for my-meter-1 in /api/v1/devices")
+
+
 def demo(settings: Settings, meters: int, interval_s: float) -> int:
     from meterray.app.runtime import prepare_stores
 
@@ -148,6 +175,7 @@ def demo(settings: Settings, meters: int, interval_s: float) -> int:
         partner_sim = start_demo_partners(settings)
         print(f"partners: acme (JSON, OAuth2, cursor) and volta (CSV, API key, pages; device status) from the "
               f"partner simulator on http://127.0.0.1:{PARTNER_SIM_PORT}; see /api/v1/partners", flush=True)
+        print(register_demo_mqtt(settings), flush=True)
         return run_until_interrupted(settings, started=started)
     finally:
         os.killpg(sim.pid, signal.SIGTERM)

@@ -32,7 +32,9 @@ async def sync_profiles(conn: asyncpg.Connection | asyncpg.Pool, names: Collecti
 
 
 async def available_profiles(conn: asyncpg.Connection | asyncpg.Pool) -> list[str]:
-    return [r["name"] for r in await conn.fetch("SELECT name FROM devices.profiles WHERE available ORDER BY name")]
+    """The Modbus meter profiles the database knows (not 'mqtt', the profile of MQTT devices)."""
+    return [r["name"] for r in await conn.fetch(
+        "SELECT name FROM devices.profiles WHERE available AND name <> 'mqtt' ORDER BY name")]
 
 
 async def load_modbus_connections(conn: asyncpg.Connection | asyncpg.Pool) -> list[ModbusConnection]:

@@ -59,8 +59,10 @@ async def migrate(dsn: str, *, profiles: Collection[str] | None = None) -> list[
             applied.append(m.name)
         if profiles is not None:
             from storage.postgres.devices import sync_profiles
+            from storage.postgres.mqtt import MQTT_PROFILE
 
-            await sync_profiles(conn, profiles)
+            # Devices reporting over MQTT have the one profile 'mqtt' (migration 0005), whatever meters the code knows.
+            await sync_profiles(conn, [*profiles, MQTT_PROFILE])
         return applied
     finally:
         await conn.close()

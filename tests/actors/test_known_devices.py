@@ -25,12 +25,16 @@ async def test_misses_ask_postgres_at_most_once_per_interval_and_find_new_device
         assert known.queries == 1  # the first call loads every id; the miss is not asked again at once
         for _ in range(100):  # a stream of unknown ids is not a query per message
             assert await known.unknown({"kd-1", "kd-2", "kd-ghost"}) == {"kd-2", "kd-ghost"}
-        assert known.queries == 1
+        assert known.queries == 2  # kd-ghost, never asked before, was asked once
+        await register(actors_db.pg_dsn, "kd-new")  # registered just before its first record (auto-registration)
+        assert await known.unknown({"kd-new", "kd-2"}) == {"kd-2"}  # found at once: never asked before
+        assert known.queries == 3
         await register(actors_db.pg_dsn, "kd-2")
+        assert await known.unknown({"kd-2"}) == {"kd-2"} and known.queries == 3  # a known miss waits its interval
         clock.now += 1.0
         assert await known.unknown({"kd-1", "kd-2", "kd-ghost"}) == {"kd-ghost"}
-        assert known.queries == 2
-        assert await known.unknown({"kd-2"}) == set() and known.queries == 2  # now cached
+        assert known.queries == 4
+        assert await known.unknown({"kd-2"}) == set() and known.queries == 4  # now cached
         conn = await asyncpg.connect(actors_db.pg_dsn)
         await conn.execute("DELETE FROM devices.devices WHERE id = 'kd-1'")
         await conn.close()
