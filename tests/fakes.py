@@ -58,3 +58,17 @@ def running_fakes(offset: int) -> Iterator[tuple[FakeFns, FakeGkh]]:
 
 
 __all__ = ["FnsFault", "GkhFault", "running_fakes"]
+
+
+def valid_inn(seed: int) -> str:
+    """A 10-digit INN with a correct check digit (weights of external_apis.md §1.10), distinct per seed."""
+    body = f"77{seed % 10_000_000:07d}"
+    digit = sum(int(c) * w for c, w in zip(body, (2, 4, 10, 3, 5, 9, 4, 6, 8), strict=True)) % 11 % 10
+    return body + str(digit)
+
+
+def add_organisation(fns: FakeFns, gkh: FakeGkh, inn: str) -> str:
+    """An active organisation known to both fakes, with contract `ЭС-<inn>`; returns the contract number."""
+    fns.add(legal_entity(inn, f"Организация {inn}", kpp="770101001", ogrn="1027700132195", address=f"г. Москва, {inn}"))
+    gkh.add(contract(f"ЭС-{inn}", inn))
+    return f"ЭС-{inn}"

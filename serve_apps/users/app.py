@@ -13,6 +13,7 @@ from fastapi.responses import JSONResponse
 from ray import serve
 from ray.serve import Application
 from starlette.middleware.base import BaseHTTPMiddleware, RequestResponseEndpoint
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 from meterray.auth_backends import AuthBackends, auth_backends
 from meterray.settings import Settings
@@ -38,6 +39,20 @@ async def _limit_body(request: Request, call_next: RequestResponseEndpoint) -> R
     return await call_next(request)
 
 
+class _PrefixIsRoot:
+    """`GET /api/v1/me` is the root of the application mounted at /api/v1/me: Starlette would answer it
+    with a redirect to `/api/v1/me/`; this serves it as `/` directly."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        root = scope.get("root_path", "")
+        if scope["type"] == "http" and root and scope["path"] == root:
+            scope = {**scope, "path": root + "/", "raw_path": (root + "/").encode()}
+        await self.app(scope, receive, send)
+
+
 def _api(title: str, description: str) -> FastAPI:
     api = FastAPI(title=title, version="0.1.0", description=description)
     api.add_middleware(BaseHTTPMiddleware, dispatch=_limit_body)
@@ -54,6 +69,7 @@ auth_api = _api("meterray users", "Registration, login (OAuth2 password flow), t
 auth_api.include_router(register.router)
 auth_api.include_router(sessions.router)
 me_api = _api("meterray users: me", "The caller's own user and organisation.")
+me_api.add_middleware(_PrefixIsRoot)
 me_api.include_router(me.router)
 
 

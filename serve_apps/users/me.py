@@ -30,7 +30,7 @@ async def user_out(db: Db, user_id: uuid.UUID) -> UserOut | None:
                    organisation=organisation)
 
 
-@router.get("", response_model=UserOut, summary="the caller's own user and organisation")
+@router.get("/", response_model=UserOut, summary="the caller's own user and organisation")
 async def me(who: CurrentPrincipal, db: Db) -> UserOut:
     out = await user_out(db, who.user_id)
     if out is None:  # deleted or disabled since the token was issued
