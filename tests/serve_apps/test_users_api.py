@@ -359,3 +359,14 @@ def test_passwords_and_api_keys_never_appear_in_logs(api: Api, fns: FakeFns, gkh
                         60, "the outages in the replicas' logs"))
     for secret in (PASSWORD, FNS_KEY, GKH_KEY, SIGNING_KEY, "wrong password!"):
         assert secret not in text, f"{secret!r} found in the Ray logs"
+
+
+def test_the_docs_authorize_button_logs_in_through_the_password_flow(api: Api) -> None:
+    status, _, spec = api.call("GET", f"{ME}/openapi.json")
+    assert status == 200
+    scheme = spec["components"]["securitySchemes"]["OAuth2PasswordBearer"]
+    assert scheme["flows"]["password"]["tokenUrl"] == f"{AUTH}/token"  # absolute: any app's /docs reaches it
+    assert spec["paths"]["/"]["get"]["security"] == [{"OAuth2PasswordBearer": []}]
+    status, _, spec = api.call("GET", f"{AUTH}/openapi.json")
+    form = spec["paths"]["/token"]["post"]["requestBody"]["content"]
+    assert "application/x-www-form-urlencoded" in form

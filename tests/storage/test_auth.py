@@ -14,6 +14,7 @@ from argon2 import PasswordHasher
 from meterray.settings import Settings
 from storage.postgres import auth, auth_cache, auth_tokens
 from storage.postgres.auth_tokens import Rotation
+from tests.fakes import valid_inn
 
 HASH = PasswordHasher(memory_cost=1024, time_cost=1).hash("not-used-here")  # a well-formed argon2id hash
 
@@ -38,7 +39,7 @@ async def _user(pool: asyncpg.Pool, inn: str, email: str) -> uuid.UUID:
 
 
 async def test_a_refresh_token_is_used_once_and_its_reuse_revokes_the_whole_family(pool: asyncpg.Pool) -> None:
-    user = await _user(pool, "7701234560", "rotation@example.ru")
+    user = await _user(pool, valid_inn(9001), "st-rotation@example.ru")
     await auth_tokens.start_family(pool, _digest("t0"), user, 3600)
     first = await auth_tokens.rotate(pool, _digest("t0"), _digest("t1"), 3600)
     assert (first.outcome, first.user_id) == (Rotation.ROTATED, user)
@@ -52,7 +53,7 @@ async def test_a_refresh_token_is_used_once_and_its_reuse_revokes_the_whole_fami
 
 
 async def test_two_concurrent_refreshes_with_one_token_cannot_both_succeed(pool: asyncpg.Pool) -> None:
-    user = await _user(pool, "7707083893", "race@example.ru")
+    user = await _user(pool, valid_inn(9002), "st-race@example.ru")
     await auth_tokens.start_family(pool, _digest("r0"), user, 3600)
     results = await asyncio.gather(*(auth_tokens.rotate(pool, _digest("r0"), _digest(f"r{i}"), 3600)
                                      for i in (1, 2)))
@@ -60,7 +61,7 @@ async def test_two_concurrent_refreshes_with_one_token_cannot_both_succeed(pool:
 
 
 async def test_expired_and_logged_out_tokens_are_refused(pool: asyncpg.Pool) -> None:
-    user = await _user(pool, "7736207543", "expiry@example.ru")
+    user = await _user(pool, valid_inn(9003), "st-expiry@example.ru")
     await auth_tokens.start_family(pool, _digest("e0"), user, 3600)
     await pool.execute("UPDATE auth.refresh_tokens SET expires_at = now() - interval '1 s' WHERE token_hash = $1",
                        _digest("e0"))
@@ -82,7 +83,8 @@ async def test_login_failures_count_per_key_within_the_window(pool: asyncpg.Pool
     await auth.clear_login_failures(pool, "account:f@example.ru")
     assert await auth.login_retry_after(pool, keys, 900) is None
     # A window that has passed starts again at one.
-    await pool.execute("UPDATE auth.login_failures SET window_start = now() - interval '1 hour'")
+    await pool.execute("UPDATE auth.login_failures SET window_start = now() - interval '1 hour' WHERE key = ANY($1)",
+                       list(keys))
     await auth.record_login_failure(pool, ["address:192.0.2.1"], 900)
     assert await pool.fetchval("SELECT failures FROM auth.login_failures WHERE key = 'address:192.0.2.1'") == 1
 
@@ -97,21 +99,21 @@ async def test_cached_results_expire_after_their_ttl(pool: asyncpg.Pool) -> None
 
 
 async def test_a_second_registration_of_an_email_or_inn_is_refused_naming_the_field(pool: asyncpg.Pool) -> None:
-    await _user(pool, "7830002293", "twice@example.ru")
+    await _user(pool, valid_inn(9004), "st-twice@example.ru")
     with pytest.raises(auth.AlreadyRegistered) as info:
-        await _user(pool, "500100732259", "twice@example.ru")
+        await _user(pool, valid_inn(9005), "st-twice@example.ru")
     assert info.value.field == "email"
     with pytest.raises(auth.AlreadyRegistered) as info:
-        await _user(pool, "7830002293", "other@example.ru")
+        await _user(pool, valid_inn(9004), "st-other@example.ru")
     assert info.value.field == "inn"
     # Nothing of either refused registration stays behind (one transaction each).
-    assert await pool.fetchval("SELECT count(*) FROM auth.organisations WHERE inn = '500100732259'") == 0
-    assert await auth.taken(pool, "twice@example.ru", "0") == "email"
-    assert await auth.taken(pool, "new@example.ru", "7830002293") == "inn"
+    assert await pool.fetchval("SELECT count(*) FROM auth.organisations WHERE inn = $1", valid_inn(9005)) == 0
+    assert await auth.taken(pool, "st-twice@example.ru", "0") == "email"
+    assert await auth.taken(pool, "new@example.ru", valid_inn(9004)) == "inn"
 
 
 async def test_the_tables_refuse_what_the_code_never_writes(pool: asyncpg.Pool) -> None:
-    org = await pool.fetchval("SELECT organisation_id FROM auth.users WHERE email = 'rotation@example.ru'")
+    org = await pool.fetchval("SELECT organisation_id FROM auth.users WHERE email = 'st-rotation@example.ru'")
     for query, args in [
         ("INSERT INTO auth.users (email, password_hash, organisation_id, role) VALUES ($1, $2, $3, 'customer')",
          ("plain@example.ru", "hunter2", org)),  # not an argon2id hash
