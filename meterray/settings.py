@@ -13,13 +13,17 @@ from __future__ import annotations
 import os
 import shlex
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator, model_validator
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 ENV_PREFIX = "METERRAY_"
 LOCAL_HOST = "127.0.0.1"  # the local services (scripts/services.sh) bind here only
+# Signs access tokens when METERRAY_TOKEN_SIGNING_KEY is unset: development only. Anyone who reads this
+# file can mint tokens with it, so it is reported loudly and refused with METERRAY_ENV=production.
+DEVELOPMENT_SIGNING_KEY = "meterray-development-signing-key-NOT-SECRET-do-not-deploy"
+MIN_SIGNING_KEY_BYTES = 32  # RFC 7518 §3.2: an HS256 key at least as long as the hash output
 
 
 class SettingsError(ValueError):
@@ -62,6 +66,30 @@ class Settings(BaseModel):
     log_level: str = "INFO"
     # Encrypts partner secrets at rest (storage/secrets.py); empty: a random key in <var_dir>/secret.key.
     secret_key: SecretStr = SecretStr("")
+    # development: missing API keys fall back to weaker checks (reported at start-up); production: refused.
+    env: Literal["development", "production"] = "development"
+    # Users service (serve_apps/users). api-fns: GET <fns_url>/egr?req=<INN>&key=<key> (external_apis.md §1).
+    fns_url: str = "https://api-fns.ru/api"
+    fns_api_key: SecretStr = SecretStr("")  # empty: INN checked by checksum only (development)
+    # The supply-contract check facade (external_apis.md §2.4): GET <gkh_url>/api/v1/supply-contracts/check.
+    # No public service exists; the endpoint is whatever the business connects. Empty key: contracts are
+    # accepted and marked unverified (development).
+    gkh_url: str = ""
+    gkh_api_key: SecretStr = SecretStr("")
+    external_timeout_s: float = Field(10.0, gt=0, le=120)
+    # Definitive answers of api-fns and the contract check are reused this long (a retry, a second try
+    # after fixing the password, does not spend the api-fns quota; public clients cache egr for 7 days).
+    check_cache_ttl_s: int = Field(86_400, ge=0, le=30 * 86_400)
+    token_signing_key: SecretStr = SecretStr("")  # HS256; empty: DEVELOPMENT_SIGNING_KEY (refused in production)
+    access_token_ttl_s: int = Field(900, ge=30, le=3600)  # short-lived: verified locally, never looked up
+    refresh_token_ttl_s: int = Field(30 * 86_400, ge=300, le=365 * 86_400)
+    # Login throttling: failed attempts counted in a window, per account and per client address.
+    login_window_s: int = Field(900, ge=1, le=86_400)
+    login_max_failures_per_account: int = Field(5, ge=1)
+    login_max_failures_per_address: int = Field(20, ge=1)
+    # Comma-separated networks of reverse proxies (an ingress) whose X-Forwarded-For is believed for the
+    # client address; empty: the peer's address is the client's.
+    trusted_proxies: str = ""
 
     @model_validator(mode="before")
     @classmethod
@@ -83,6 +111,37 @@ class Settings(BaseModel):
             raise ValueError(f"METERRAY_KAFKA_PORT and METERRAY_KAFKA_CONTROLLER_PORT are both {self.kafka_port}; "
                              "the broker and its controller need a port each")
         return self
+
+    @model_validator(mode="after")
+    def _auth_secrets(self) -> "Settings":
+        key = self.token_signing_key.get_secret_value()
+        if key and len(key.encode()) < MIN_SIGNING_KEY_BYTES:
+            raise ValueError(f"METERRAY_TOKEN_SIGNING_KEY must be at least {MIN_SIGNING_KEY_BYTES} bytes "
+                             "(e.g. `python -c 'import secrets; print(secrets.token_urlsafe(48))'`)")
+        if self.env == "production" and not key:
+            raise ValueError("METERRAY_ENV=production needs METERRAY_TOKEN_SIGNING_KEY: the development default "
+                             "is public, anyone could mint access tokens with it")
+        if self.gkh_api_key.get_secret_value() and not self.gkh_url:
+            raise ValueError("METERRAY_GKH_API_KEY is set but METERRAY_GKH_URL is empty: give the contract "
+                             "check's endpoint")
+        return self
+
+    @field_validator("trusted_proxies")
+    @classmethod
+    def _networks(cls, v: str) -> str:
+        import ipaddress
+
+        for part in filter(None, (p.strip() for p in v.split(","))):
+            try:
+                ipaddress.ip_network(part)
+            except ValueError:
+                raise ValueError(f"{part!r} is not a network (e.g. 10.0.0.0/8, 127.0.0.1/32)") from None
+        return v
+
+    @property
+    def signing_key(self) -> str:
+        """The key that signs and verifies access tokens (the development default when unset)."""
+        return self.token_signing_key.get_secret_value() or DEVELOPMENT_SIGNING_KEY
 
     @field_validator("pg_dsn")
     @classmethod
@@ -126,7 +185,9 @@ class Settings(BaseModel):
         if parts.password:
             netloc = parts.netloc.replace(f":{parts.password}@", ":***@")
             out["pg_dsn"] = urlunsplit(parts._replace(netloc=netloc))
-        out["secret_key"] = "***" if self.secret_key.get_secret_value() else ""
+        for name, field in type(self).model_fields.items():  # every secret: "***" when set, "" when not
+            if field.annotation is SecretStr:
+                out[name] = "***" if getattr(self, name).get_secret_value() else ""
         return out
 
     def shell(self, names: list[str] | None = None) -> str:

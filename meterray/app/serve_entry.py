@@ -9,6 +9,7 @@ secrets by reference) with `args` on top, so `args: {kafka_partitions: 12}` over
   supervisor is detached: redeploying or deleting the Serve application does not stop ingestion
   (`meterray` stops it through the supervisor's `shutdown`).
 - `monitoring`: the HTTP API (serve_apps.monitoring).
+- `users`, `users_me`: the users service (serve_apps.users) at /api/v1/auth and /api/v1/me.
 """
 from __future__ import annotations
 
@@ -21,6 +22,7 @@ from ray.serve import Application
 from meterray.app.runtime import runtime_sources, start_ingestion
 from meterray.settings import Settings
 from serve_apps.monitoring.app import build_app
+from serve_apps.users.app import build_me_app, build_users_app
 
 HEALTH_TIMEOUT_S = 10.0
 
@@ -51,3 +53,11 @@ def ingestion(args: dict[str, Any] | None = None) -> Application:
 def monitoring(args: dict[str, Any] | None = None) -> Application:
     settings = settings_from(args)
     return build_app(settings, runtime_sources(settings))
+
+
+def users(args: dict[str, Any] | None = None) -> Application:
+    return build_users_app(settings_from(args))
+
+
+def users_me(args: dict[str, Any] | None = None) -> Application:
+    return build_me_app(settings_from(args))

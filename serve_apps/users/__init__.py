@@ -1,0 +1,1 @@
+"""The users service (Контроль пользователей): registration, login, tokens, the caller's own profile."""
