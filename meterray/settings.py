@@ -60,6 +60,9 @@ class Settings(BaseModel):
     device_processors: int = Field(1, ge=1)
     pg_writers: int = Field(1, ge=1)
     log_level: str = "INFO"
+    # The time zone of a device's half-hours and days when the device has none of its own (devices.devices
+    # .timezone): an IANA name. Russia spans eleven zones (Europe/Kaliningrad .. Asia/Kamchatka).
+    default_timezone: str = "Europe/Moscow"
 
     @model_validator(mode="before")
     @classmethod
@@ -81,6 +84,17 @@ class Settings(BaseModel):
             raise ValueError(f"METERRAY_KAFKA_PORT and METERRAY_KAFKA_CONTROLLER_PORT are both {self.kafka_port}; "
                              "the broker and its controller need a port each")
         return self
+
+    @field_validator("default_timezone")
+    @classmethod
+    def _iana_zone(cls, v: str) -> str:
+        from meterray.intervals import TimezoneError, zone
+
+        try:
+            zone(v)
+        except TimezoneError as err:
+            raise ValueError(str(err)) from None
+        return v
 
     @field_validator("pg_dsn")
     @classmethod

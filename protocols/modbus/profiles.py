@@ -103,6 +103,15 @@ class Field:
         return self.dtype.words
 
     @property
+    def wrap_value(self) -> float | None:
+        """The value at which a counter in this register starts again from 0: an unsigned integer
+        register of n bits holds at most 2^n - 1 raw units, so one more unit reads 0 (2^n × scale).
+        None for a float32 register: it does not wrap, it only loses resolution."""
+        if self.dtype in (DType.U16, DType.U32, DType.U64):
+            return float(1 << (16 * self.dtype.words)) * self.scale
+        return None
+
+    @property
     def end(self) -> int:
         """First address after this field."""
         return self.address + self.dtype.words

@@ -6,12 +6,14 @@ from ray import serve
 from ray.serve import Application
 
 from meterray.settings import Settings
-from serve_apps.deps import Db, configure_db
+from serve_apps.deps import Db, configure_db, configure_settings
+from serve_apps.monitoring.consumption import consumption_router
 from serve_apps.monitoring.routes import devices_router
 
 api = FastAPI(title="meterray monitoring", version="0.1.0",
-              description="Devices, their current values and the readings archive.")
+              description="Devices, their current values, the readings archive and interval consumption.")
 api.include_router(devices_router)
+api.include_router(consumption_router)
 
 
 @api.get("/healthz", tags=["health"])
@@ -25,6 +27,7 @@ async def healthz(db: Db) -> dict[str, str]:
 class MonitoringApi:
     def __init__(self, settings: Settings) -> None:
         self._db = configure_db(settings.pg_dsn)
+        configure_settings(settings)
 
     async def check_health(self) -> None:
         """Serve marks the replica unhealthy (and replaces it) while PostgreSQL does not answer."""

@@ -1,0 +1,123 @@
+"""Queries for interval consumption: a device's metering facts, and its counter readings thinned on
+the server to the ones the derivation needs (meterray.consumption.thin does the same in Python)."""
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime, timedelta, timezone
+
+import asyncpg
+
+from meterray.consumption import CounterReading
+
+_EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
+_MS = timedelta(milliseconds=1)
+
+
+def to_ms(dt: datetime) -> int:
+    """Exact epoch milliseconds (float seconds × 1000 can land one millisecond short)."""
+    return (dt - _EPOCH) // _MS
+
+
+def from_ms(ms: int) -> datetime:
+    return _EPOCH + timedelta(milliseconds=ms)
+
+
+@dataclass(frozen=True, slots=True)
+class Metering:
+    """What the derivation needs to know about a device."""
+
+    device_id: str
+    protocol: str
+    profile: str
+    timezone: str | None  # None: the default time zone setting
+    poll_interval_s: float | None  # the connection's cadence; None: the device is not polled
+    backfill_window: timedelta | None  # how far back its source can resend readings; None: it cannot
+
+
+async def metering(conn: asyncpg.Connection | asyncpg.Pool, device_id: str) -> Metering | None:
+    row = await conn.fetchrow(
+        """
+        SELECT d.id, d.protocol, d.profile, d.timezone, c.poll_interval_s, d.backfill_window
+        FROM devices.devices d LEFT JOIN devices.connections c ON c.id = d.connection_id
+        WHERE d.id = $1
+        """,
+        device_id,
+    )
+    return None if row is None else Metering(*row.values())
+
+
+async def metered_devices(conn: asyncpg.Connection | asyncpg.Pool) -> list[Metering]:
+    """Devices whose source can resend readings (a backfill window), in id order."""
+    rows = await conn.fetch(
+        """
+        SELECT d.id, d.protocol, d.profile, d.timezone, c.poll_interval_s, d.backfill_window
+        FROM devices.devices d LEFT JOIN devices.connections c ON c.id = d.connection_id
+        WHERE d.backfill_window IS NOT NULL ORDER BY d.id
+        """
+    )
+    return [Metering(*r.values()) for r in rows]
+
+
+async def set_device_timezone(conn: asyncpg.Connection | asyncpg.Pool, device_id: str, tz: str | None) -> bool:
+    """Set (or with None clear) a device's time zone; False if there is no such device. The caller checks
+    the name (meterray.intervals.zone); the database refuses an unknown one as well."""
+    return await conn.fetchval("UPDATE devices.devices SET timezone = $2 WHERE id = $1 RETURNING true",
+                               device_id, tz) is not None
+
+
+async def set_backfill_window(conn: asyncpg.Connection | asyncpg.Pool, device_id: str,
+                              window: timedelta | None) -> bool:
+    return await conn.fetchval("UPDATE devices.devices SET backfill_window = $2 WHERE id = $1 RETURNING true",
+                               device_id, window) is not None
+
+
+# Every reading in range gets its neighbours (window functions over the device's key range, read in
+# primary-key order) and its half-hour (width_bucket over the boundaries); kept are the first and
+# last of each half-hour, both sides of each drop and each gap, and every flagged reading. The range
+# reaches one reading past each end, so the outer boundaries can be interpolated.
+_THINNED = """
+WITH span AS (
+    SELECT coalesce((SELECT max(ts) FROM monitoring.readings
+                     WHERE device_id = $1 AND quantity = $2 AND ts < $3), $3) AS lo,
+           coalesce((SELECT min(ts) FROM monitoring.readings
+                     WHERE device_id = $1 AND quantity = $2 AND ts >= $4), $4) AS hi
+), r AS (
+    SELECT ts, value, quality,
+           lag(ts) OVER w AS prev_ts, lead(ts) OVER w AS next_ts,
+           lag(value) OVER w AS prev_value, lead(value) OVER w AS next_value,
+           width_bucket(ts, $5::timestamptz[]) AS b
+    FROM monitoring.readings, span
+    WHERE device_id = $1 AND quantity = $2 AND ts >= span.lo AND ts <= span.hi
+    WINDOW w AS (ORDER BY ts)
+), k AS (
+    SELECT *, lag(b) OVER (ORDER BY ts) AS prev_b, lead(b) OVER (ORDER BY ts) AS next_b FROM r
+)
+SELECT ts, value, quality, coalesce(ts - prev_ts > $6, false) AS after_gap FROM k
+WHERE prev_ts IS NULL OR next_ts IS NULL OR prev_b <> b OR next_b <> b OR quality <> 0
+   OR value < prev_value OR next_value < value OR ts - prev_ts > $6 OR next_ts - ts > $6
+ORDER BY ts
+"""
+
+
+async def counter_readings(conn: asyncpg.Connection | asyncpg.Pool, device_id: str, quantity: str,
+                           boundaries_ms: Sequence[int], max_gap_ms: int) -> list[CounterReading]:
+    """The readings of a cumulative quantity that decide the half-hours between `boundaries_ms` (the
+    slot starts and the last slot's end), each saying whether a gap (longer than `max_gap_ms`, judged
+    over every stored reading) preceded it. The archive holds each key once, so a reading delivered
+    twice is here once."""
+    if len(boundaries_ms) < 2:
+        return []
+    bounds = [from_ms(b) for b in boundaries_ms]
+    rows = await conn.fetch(_THINNED, device_id, quantity, bounds[0], bounds[-1], bounds,
+                            timedelta(milliseconds=max_gap_ms))
+    return [CounterReading(to_ms(r["ts"]), r["value"], r["quality"], r["after_gap"]) for r in rows]
+
+
+async def all_counter_readings(conn: asyncpg.Connection | asyncpg.Pool, device_id: str, quantity: str,
+                               start_ms: int, end_ms: int) -> list[CounterReading]:
+    """Every stored reading in [start, end], unthinned (for checks and small ranges)."""
+    rows = await conn.fetch("SELECT ts, value, quality FROM monitoring.readings WHERE device_id = $1"
+                            " AND quantity = $2 AND ts >= $3 AND ts <= $4 ORDER BY ts",
+                            device_id, quantity, from_ms(start_ms), from_ms(end_ms))
+    return [CounterReading(to_ms(r["ts"]), r["value"], r["quality"]) for r in rows]
