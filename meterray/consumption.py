@@ -32,7 +32,7 @@ from datetime import date, timedelta
 from enum import StrEnum
 
 from meterray.domain import Quality
-from meterray.intervals import Size, Slot, bucket_key
+from meterray.intervals import HALF_HOUR_MS, Size, Slot, bucket_key
 
 # Runs of up to 4 half-hours (2 h) are interpolated linearly; longer ones use like-day history.
 # Itron's linear-interpolation rule is bounded by a configurable maximum (their example: 3 h);
@@ -291,6 +291,14 @@ def _like_day(s: Slot, history: dict[tuple[date, tuple[int, int, int]], float]) 
     found = [history[key] for w in range(1, LIKE_DAY_WEEKS + 1)
              if (key := (s.day - timedelta(weeks=w), s.wall)) in history]
     return sum(found) / len(found) if found else None
+
+
+def refillable(gaps: Iterable[Gap], window_ms: int, now_ms: int) -> list[Gap]:
+    """The parts of `gaps` a source that keeps `window_ms` of history can still resend: those ending
+    after now - window, cut to that window (a source cannot send what it no longer holds)."""
+    since = now_ms - window_ms
+    return [g if g.start_ms >= since else Gap(since, g.end_ms, -(-(g.end_ms - since) // HALF_HOUR_MS), g.method)
+            for g in gaps if g.end_ms > since]
 
 
 def thin(readings: Sequence[CounterReading], slots: Sequence[Slot], max_gap: int) -> list[CounterReading]:

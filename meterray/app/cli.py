@@ -44,6 +44,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--interval", type=float, default=5.0)
 
     sub.add_parser("status", help="the supervisor's view of every actor (needs a running runtime)")
+    sub.add_parser("backfill", help="publish a backfill request for each gap in the half-hours of devices whose "
+                                    "source can resend data (topic backfill-requests)")
 
     p = sub.add_parser("bench", help="benchmarks; results go to bench/results/*.json")
     bench_sub = p.add_subparsers(dest="scenario", required=True)
@@ -139,6 +141,16 @@ def _status(settings: Settings, args: argparse.Namespace) -> int:
     return 0
 
 
+def _backfill(settings: Settings, args: argparse.Namespace) -> int:
+    import asyncio
+
+    from meterray.app.backfill import request_backfill
+
+    for r in asyncio.run(request_backfill(settings)):
+        print(f"{r.device_id} {r.quantity} {r.start} .. {r.end} ({r.half_hours} half-hours, {r.protocol})")
+    return 0
+
+
 def _bench(settings: Settings, args: argparse.Namespace) -> int:
     from bench.modbus import KneePlan, find_knee, run_benchmark
 
@@ -158,7 +170,7 @@ def _bench(settings: Settings, args: argparse.Namespace) -> int:
 
 
 _COMMANDS = {"services": _services, "migrate": _migrate, "settings": _settings, "register": _register,
-             "run": _run, "demo": _demo, "status": _status, "bench": _bench}
+             "run": _run, "demo": _demo, "status": _status, "bench": _bench, "backfill": _backfill}
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -430,3 +430,11 @@ def _wb_map3e_fw1() -> Profile:
 
 
 PROFILES: dict[str, Profile] = {p.name: p for p in (_sdm630(), _wb_map3e_fw2(), _wb_map3e_fw1())}
+
+
+def wrap_value(profile: str, quantity: str) -> float | None:
+    """The value at which `profile`'s register of `quantity` starts again from 0 (Field.wrap_value);
+    None for a profile the code does not know, a quantity it lacks, or a register that does not wrap."""
+    known = PROFILES.get(profile)
+    field = next((f for f in known.fields if f.quantity == quantity), None) if known else None
+    return field.wrap_value if field else None

@@ -1,9 +1,8 @@
 """`GET /api/v1/devices/{id}/consumption`: interval energy from the archive's counter readings.
 
 Half-hours in the device's time zone from the pure derivation (meterray.consumption), over readings
-the storage query thins on the server; 1h/1d/1mo are sums of those half-hours on the local
-calendar. Like-day estimation looks LIKE_DAY_WEEKS weeks back, so the range read reaches that far
-before `from`.
+the storage query thins on the server (storage.postgres.consumption.device_consumption); 1h/1d/1mo
+are sums of those half-hours on the local calendar.
 """
 from __future__ import annotations
 
@@ -13,10 +12,10 @@ from zoneinfo import ZoneInfo
 
 from fastapi import APIRouter, HTTPException, Query
 
-from meterray.consumption import LIKE_DAY_WEEKS, Consumption, IntervalEnergy, derive, max_gap_ms, summed
-from meterray.intervals import HALF_HOUR_MS, Size, Slot, TimezoneError, half_hours, local_date, local_midnight_ms, zone
+from meterray.consumption import IntervalEnergy, summed
+from meterray.intervals import Size, TimezoneError, zone
 from meterray.quantities import QUANTITIES
-from protocols.modbus.profiles import PROFILES
+from protocols.modbus.profiles import wrap_value
 from serve_apps.deps import AppSettings, Db
 from serve_apps.monitoring.routes import quality_flags
 from serve_apps.monitoring.schemas import ConsumptionOut, CounterDropOut, EnergyOut, GapOut
@@ -24,9 +23,6 @@ from storage.postgres import consumption as repo
 
 ACTIVE_IMPORT = "1-0:1.8.0"
 MAX_RANGE = timedelta(days=93)  # a quarter: longer ranges want a stored roll-up, not the raw archive
-# A device that is not polled (no connection) and has no cadence of its own is expected to report
-# at least every half-hour: a source that reports less often cannot give half-hour energy.
-DEFAULT_CADENCE_S = HALF_HOUR_MS / 1000
 
 consumption_router = APIRouter(prefix="/api/v1/devices", tags=["consumption"])
 
@@ -62,36 +58,21 @@ async def consumption(
     except TimezoneError as err:  # stored before the check, or the tz database lost a name
         raise HTTPException(409, f"device {device_id!r}: {err}") from None
     now_ms, start_ms, end_ms = repo.to_ms(now), repo.to_ms(start), repo.to_ms(end)
-    # From local midnight LIKE_DAY_WEEKS weeks before the first day: the like days of every half-hour.
-    history_ms = local_midnight_ms(local_date(start_ms, tz) - timedelta(weeks=LIKE_DAY_WEEKS), tz)
-    slots = [s for s in half_hours(history_ms, end_ms, tz) if s.start_ms < now_ms]
-    cadence = device.poll_interval_s or DEFAULT_CADENCE_S
-    derived = await _derive(db, device_id, quantity, device.profile, slots, max_gap_ms(cadence), now_ms)
-    shown = [(s, e) for s, e in zip(slots, derived.intervals, strict=True) if s.end_ms > start_ms]
-    sums = summed([e for _, e in shown], [s for s, _ in shown], interval)
+    slots, derived = await repo.device_consumption(db, device, quantity, tz_name, start_ms, end_ms, now_ms,
+                                                   wrap_value(device.profile, quantity))
+    sums = summed(derived.intervals, slots, interval)
+    first_ms = slots[0].start_ms if slots else start_ms
+    last_ms = slots[-1].end_ms if slots else end_ms
     return ConsumptionOut(
         device_id=device_id, quantity=quantity, unit=q.unit, interval=interval.value, timezone=tz_name,
-        start=_local(shown[0][0].start_ms if shown else start_ms, tz),
-        end=_local(shown[-1][0].end_ms if shown else end_ms, tz),
+        start=_local(first_ms, tz), end=_local(last_ms, tz),
         total=sum(e.energy for e in sums if e.energy is not None),
         intervals=[_energy(e, tz) for e in sums],
         gaps=[GapOut(start=_local(g.start_ms, tz), end=_local(g.end_ms, tz), half_hours=g.intervals,
-                     method=g.method) for g in derived.gaps if g.end_ms > start_ms],
+                     method=g.method) for g in derived.gaps],
         counter_drops=[CounterDropOut(ts=_local(ts, tz), kind=kind) for ts, kind in derived.drops
                        if start_ms <= ts < end_ms],
     )
-
-
-async def _derive(db: Db, device_id: str, quantity: str, profile: str, slots: list[Slot], max_gap: int,
-                  now_ms: int) -> Consumption:
-    if not slots:
-        return Consumption((), (), ())
-    # The register's wrap value comes from the meter profile; a quantity the profile lacks has none.
-    known = PROFILES.get(profile)
-    field = next((f for f in known.fields if f.quantity == quantity), None) if known else None
-    readings = await repo.counter_readings(db, device_id, quantity,
-                                           [s.start_ms for s in slots] + [slots[-1].end_ms], max_gap)
-    return derive(readings, slots, max_gap=max_gap, now_ms=now_ms, modulus=field.wrap_value if field else None)
 
 
 def _energy(e: IntervalEnergy, tz: ZoneInfo) -> EnergyOut:

@@ -8,8 +8,12 @@ from datetime import datetime, timedelta, timezone
 
 import asyncpg
 
-from meterray.consumption import CounterReading
+from meterray.consumption import LIKE_DAY_WEEKS, Consumption, CounterReading, derive, max_gap_ms
+from meterray.intervals import HALF_HOUR_MS, Slot, half_hours, local_date, local_midnight_ms, zone
 
+# A device that is not polled (no connection) and has no cadence of its own is expected to report
+# at least every half-hour: a source that reports less often cannot give half-hour energy.
+DEFAULT_CADENCE_S = HALF_HOUR_MS / 1000
 _EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
 _MS = timedelta(milliseconds=1)
 
@@ -121,3 +125,25 @@ async def all_counter_readings(conn: asyncpg.Connection | asyncpg.Pool, device_i
                             " AND quantity = $2 AND ts >= $3 AND ts <= $4 ORDER BY ts",
                             device_id, quantity, from_ms(start_ms), from_ms(end_ms))
     return [CounterReading(to_ms(r["ts"]), r["value"], r["quality"]) for r in rows]
+
+
+async def device_consumption(conn: asyncpg.Connection | asyncpg.Pool, device: Metering, quantity: str, tz: str,
+                             start_ms: int, end_ms: int, now_ms: int, modulus: float | None
+                             ) -> tuple[list[Slot], Consumption]:
+    """The half-hours of `device` in zone `tz` that overlap [start_ms, end_ms) and began before now,
+    derived from the archive (meterray.consumption.derive). The readings read reach LIKE_DAY_WEEKS
+    weeks further back, for like-day estimates; `modulus`: the register's wrap value (from its profile).
+    Returns the slots shown and their consumption (gaps and drops of the range read)."""
+    z = zone(tz)
+    history_ms = local_midnight_ms(local_date(start_ms, z) - timedelta(weeks=LIKE_DAY_WEEKS), z)
+    slots = [s for s in half_hours(history_ms, end_ms, z) if s.start_ms < now_ms]
+    if not slots:
+        return [], Consumption((), (), ())
+    max_gap = max_gap_ms(device.poll_interval_s or DEFAULT_CADENCE_S)
+    readings = await counter_readings(conn, device.device_id, quantity,
+                                      [s.start_ms for s in slots] + [slots[-1].end_ms], max_gap)
+    derived = derive(readings, slots, max_gap=max_gap, now_ms=now_ms, modulus=modulus)
+    shown = [i for i, s in enumerate(slots) if s.end_ms > start_ms]
+    first = shown[0] if shown else len(slots)
+    return slots[first:], Consumption(derived.intervals[first:],
+                                      tuple(g for g in derived.gaps if g.end_ms > start_ms), derived.drops)

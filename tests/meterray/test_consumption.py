@@ -16,10 +16,12 @@ from meterray.consumption import (
     ROLLOVER_BAND,
     CounterReading,
     Drop,
+    Gap,
     Method,
     Status,
     derive,
     max_gap_ms,
+    refillable,
     summed,
     thin,
 )
@@ -324,3 +326,11 @@ def test_thinned_duplicated_or_reordered_readings_derive_the_same(series: dict, 
 
 def test_linear_limit_is_four_half_hours() -> None:
     assert LINEAR_MAX_INTERVALS * HALF_HOUR_MS == 2 * HOUR
+
+
+def test_a_source_is_asked_only_for_what_it_still_holds() -> None:
+    h = HALF_HOUR_MS
+    gaps = [Gap(0, 10 * h, 10, Method.LIKE_DAY), Gap(20 * h, 22 * h, 2, Method.LINEAR)]
+    assert refillable(gaps, window_ms=15 * h, now_ms=25 * h) == [gaps[1]]
+    assert refillable(gaps, window_ms=20 * h, now_ms=25 * h) == [Gap(5 * h, 10 * h, 5, Method.LIKE_DAY), gaps[1]]
+    assert refillable(gaps, window_ms=2 * h, now_ms=25 * h) == []

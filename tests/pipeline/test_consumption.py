@@ -15,6 +15,7 @@ from protocols.modbus.profiles import PROFILES
 from simulators.meter_model import SimulatedMeter
 from storage.kafka import codec, topics
 from storage.kafka.producer import AsyncProducer
+from storage.postgres.consumption import to_ms
 from tests.conftest import wait_for
 from tests.pipeline.helpers import http, sql
 
@@ -50,12 +51,19 @@ def test_replaced_meter_counts_before_plus_after_and_replays_do_not_double(runti
             return rows if flagged and len(rows) - flagged[0] >= 5 else []
 
         wait_for(after_reset, 60, "five readings of the new counter")
-        # The meter stops answering, so the archive holds a fixed series to compare with.
+        # The meter stops answering, so the archive holds a fixed series to compare with: once the device
+        # processor has recorded a timeout of a poll after the fault, every reading before it is on its way.
+        fault_at = datetime.now(timezone.utc)
         assert http("POST", f"{sim_control}/faults", {"device_id": device_id, "fault": "timeout"})[0] == 200
+        wait_for(lambda: sql(settings.pg_dsn, "SELECT 1 FROM devices.device_state WHERE device_id = $1"
+                                              " AND last_failure_kind = 'timeout' AND last_failure_at > $2",
+                             device_id, fault_at), 60, "a timeout of the meter to be recorded")
 
         def settled() -> tuple[list, dict] | None:
             # The archive, the API's answer, and the archive again: the same readings both times.
             rows = _energy_rows(settings.pg_dsn, device_id)
+            if datetime.now(timezone.utc) - rows[-1]["ts"] < timedelta(seconds=5):
+                return None
             body = _consumption(api, device_id, rows[0]["ts"])
             return (rows, body) if _energy_rows(settings.pg_dsn, device_id) == rows else None
 
@@ -84,9 +92,9 @@ def test_replaced_meter_counts_before_plus_after_and_replays_do_not_double(runti
         # Every reading of the meter delivered again on the `readings` topic, then a voltage reading at a
         # new instant behind them on the same partition: once the voltage is stored, so are the repeats.
         marker = rows[-1]["ts"] + timedelta(milliseconds=1)
-        batches = [ReadingBatch(device_id, int(r["ts"].timestamp() * 1000), "replay",
+        batches = [ReadingBatch(device_id, to_ms(r["ts"]), "replay",
                                 (Value(ENERGY, r["value"], "kWh", r["quality"]),)) for r in rows]
-        batches.append(ReadingBatch(device_id, int(marker.timestamp() * 1000), "replay",
+        batches.append(ReadingBatch(device_id, to_ms(marker), "replay",
                                     (Value(VOLTAGE, 230.0, "V", 0),)))
         partition = topics.partition_for(device_id, settings.kafka_partitions)
 

@@ -80,7 +80,7 @@ async def test_device_time_zones_are_iana_names(database: Settings) -> None:
         with pytest.raises(asyncpg.CheckViolationError):
             await consumption.set_backfill_window(conn, "tz-1", timedelta(0))
         assert await consumption.set_backfill_window(conn, "tz-1", timedelta(days=30))
-        assert [m.device_id for m in await consumption.metered_devices(conn)] == ["tz-1"]
+        assert "tz-1" in [m.device_id for m in await consumption.metered_devices(conn)]
         assert await consumption.set_device_timezone(conn, "tz-1", None)  # back to the default setting
         assert (await consumption.metering(conn, "tz-1")).timezone is None  # type: ignore[union-attr]
     finally:
