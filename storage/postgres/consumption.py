@@ -8,12 +8,21 @@ from datetime import datetime, timedelta, timezone
 
 import asyncpg
 
-from meterray.consumption import LIKE_DAY_WEEKS, Consumption, CounterReading, derive, max_gap_ms
+from meterray.consumption import (
+    LIKE_DAY_WEEKS,
+    LINEAR_MAX_INTERVALS,
+    Consumption,
+    CounterReading,
+    Method,
+    derive,
+    max_gap_ms,
+)
 from meterray.intervals import HALF_HOUR_MS, Slot, half_hours, local_date, local_midnight_ms, zone
 
 # A device that is not polled (no connection) and has no cadence of its own is expected to report
 # at least every half-hour: a source that reports less often cannot give half-hour energy.
 DEFAULT_CADENCE_S = HALF_HOUR_MS / 1000
+RUN_MARGIN_MS = 7 * 24 * 3600 * 1000  # how far past the range a gap's run is followed
 _EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
 _MS = timedelta(milliseconds=1)
 
@@ -131,19 +140,33 @@ async def device_consumption(conn: asyncpg.Connection | asyncpg.Pool, device: Me
                              start_ms: int, end_ms: int, now_ms: int, modulus: float | None
                              ) -> tuple[list[Slot], Consumption]:
     """The half-hours of `device` in zone `tz` that overlap [start_ms, end_ms) and began before now,
-    derived from the archive (meterray.consumption.derive). The readings read reach LIKE_DAY_WEEKS
-    weeks further back, for like-day estimates; `modulus`: the register's wrap value (from its profile).
-    Returns the slots shown and their consumption (gaps and drops of the range read)."""
+    derived from the archive (meterray.consumption.derive); `modulus`: the register's wrap value
+    (from its profile). Returns the slots and their consumption (gaps and drops of the range read).
+
+    Estimates must not depend on the range asked for: a gap too long for linear interpolation needs
+    like-day history, and a gap crossing either end of the range belongs to a run that goes on beyond
+    it. Then the range is derived again with the LIKE_DAY_WEEKS weeks before it and up to
+    RUN_MARGIN after it (a 1-second meter's month is 2.6 million rows: not read when not needed)."""
     z = zone(tz)
-    history_ms = local_midnight_ms(local_date(start_ms, z) - timedelta(weeks=LIKE_DAY_WEEKS), z)
-    slots = [s for s in half_hours(history_ms, end_ms, z) if s.start_ms < now_ms]
+    max_gap = max_gap_ms(device.poll_interval_s or DEFAULT_CADENCE_S)
+    slots = [s for s in half_hours(start_ms, end_ms, z) if s.start_ms < now_ms]
     if not slots:
         return [], Consumption((), (), ())
-    max_gap = max_gap_ms(device.poll_interval_s or DEFAULT_CADENCE_S)
-    readings = await counter_readings(conn, device.device_id, quantity,
-                                      [s.start_ms for s in slots] + [slots[-1].end_ms], max_gap)
-    derived = derive(readings, slots, max_gap=max_gap, now_ms=now_ms, modulus=modulus)
-    shown = [i for i, s in enumerate(slots) if s.end_ms > start_ms]
-    first = shown[0] if shown else len(slots)
-    return slots[first:], Consumption(derived.intervals[first:],
-                                      tuple(g for g in derived.gaps if g.end_ms > start_ms), derived.drops)
+    derived = await _derive(conn, device.device_id, quantity, slots, max_gap, now_ms, modulus)
+    lo, hi = slots[0].start_ms, slots[-1].end_ms
+    if all(g.intervals <= LINEAR_MAX_INTERVALS and g.method is Method.LINEAR and lo < g.start_ms and g.end_ms < hi
+           for g in derived.gaps):
+        return slots, derived
+    history_ms = local_midnight_ms(local_date(start_ms, z) - timedelta(weeks=LIKE_DAY_WEEKS), z)
+    wider = [s for s in half_hours(history_ms, min(now_ms, end_ms + RUN_MARGIN_MS), z) if s.start_ms < now_ms]
+    derived = await _derive(conn, device.device_id, quantity, wider, max_gap, now_ms, modulus)
+    first = next(i for i, s in enumerate(wider) if s.start_ms == lo)
+    return slots, Consumption(derived.intervals[first:first + len(slots)],
+                              tuple(g for g in derived.gaps if g.end_ms > lo and g.start_ms < hi), derived.drops)
+
+
+async def _derive(conn: asyncpg.Connection | asyncpg.Pool, device_id: str, quantity: str, slots: list[Slot],
+                  max_gap: int, now_ms: int, modulus: float | None) -> Consumption:
+    readings = await counter_readings(conn, device_id, quantity, [s.start_ms for s in slots] + [slots[-1].end_ms],
+                                      max_gap)
+    return derive(readings, slots, max_gap=max_gap, now_ms=now_ms, modulus=modulus)

@@ -138,6 +138,11 @@ def test_gaps_are_estimated_with_their_method_and_late_or_repeated_readings_do_n
         ("02:30", 4, "linear"), ("09:30", 12, "like_day")]
     day_total = 24 * 1.0 + 24 * 4.0
     assert body["total"] == pytest.approx(day_total)
+    # Asked for a range that cuts the long gap in two, the estimates are the same ones.
+    cut = _get(api, device, **{"from": (start + timedelta(hours=12)).isoformat(),
+                               "to": (start + timedelta(hours=13)).isoformat()})
+    assert [(i["start"], i["energy"], i["methods"]) for i in cut["intervals"]] == [
+        (by_start[k]["start"], by_start[k]["energy"], ["like_day"]) for k in ("12:00", "12:30")]
 
     # The held-back readings arrive late, and every reading of the day is delivered again: the archive
     # keeps each key once, the gaps close, and the day's energy stays what the counter advanced.
