@@ -85,10 +85,11 @@ async def set_backfill_window(conn: asyncpg.Connection | asyncpg.Pool, device_id
                                device_id, window) is not None
 
 
-# Every reading in range gets its neighbours (window functions over the device's key range, read in
-# primary-key order) and its half-hour (width_bucket over the boundaries); kept are the first and
-# last of each half-hour, both sides of each drop and each gap, and every flagged reading. The range
-# reaches one reading past each end, so the outer boundaries can be interpolated.
+# Every reading in range gets its neighbours (one window pass over the device's key range, read in
+# primary-key order); kept are the first and last of each half-hour (a neighbour in another
+# width_bucket of the boundaries; cheap checks first, so most rows never search the array), both
+# sides of each drop and each gap, and every flagged reading. The range reaches one reading past
+# each end, so the outer boundaries can be interpolated.
 _THINNED = """
 WITH span AS (
     SELECT coalesce((SELECT max(ts) FROM monitoring.readings
@@ -98,17 +99,16 @@ WITH span AS (
 ), r AS (
     SELECT ts, value, quality,
            lag(ts) OVER w AS prev_ts, lead(ts) OVER w AS next_ts,
-           lag(value) OVER w AS prev_value, lead(value) OVER w AS next_value,
-           width_bucket(ts, $5::timestamptz[]) AS b
+           lag(value) OVER w AS prev_value, lead(value) OVER w AS next_value
     FROM monitoring.readings, span
     WHERE device_id = $1 AND quantity = $2 AND ts >= span.lo AND ts <= span.hi
     WINDOW w AS (ORDER BY ts)
-), k AS (
-    SELECT *, lag(b) OVER (ORDER BY ts) AS prev_b, lead(b) OVER (ORDER BY ts) AS next_b FROM r
 )
-SELECT ts, value, quality, coalesce(ts - prev_ts > $6, false) AS after_gap FROM k
-WHERE prev_ts IS NULL OR next_ts IS NULL OR prev_b <> b OR next_b <> b OR quality <> 0
+SELECT ts, value, quality, coalesce(ts - prev_ts > $6, false) AS after_gap FROM r
+WHERE prev_ts IS NULL OR next_ts IS NULL OR quality <> 0
    OR value < prev_value OR next_value < value OR ts - prev_ts > $6 OR next_ts - ts > $6
+   OR width_bucket(prev_ts, $5::timestamptz[]) <> width_bucket(ts, $5::timestamptz[])
+   OR width_bucket(next_ts, $5::timestamptz[]) <> width_bucket(ts, $5::timestamptz[])
 ORDER BY ts
 """
 
