@@ -15,6 +15,7 @@ import pytest
 from protocols.modbus.profiles import PROFILES
 from storage.postgres.readings import ReadingsWriter
 from tests.pipeline.helpers import http, sql
+from tests.storage.archive_rows import row
 
 ENERGY = "1-0:1.8.0"
 MIN = timedelta(minutes=1)
@@ -35,7 +36,7 @@ def _write(dsn: str, device_id: str, points: list[tuple[datetime, float]]) -> No
     async def run() -> None:
         conn = await asyncpg.connect(dsn)
         try:
-            await ReadingsWriter().write(conn, [(device_id, ENERGY, ts, v, "kWh", 0, "test") for ts, v in points])
+            await ReadingsWriter().write(conn, [row(device_id, ENERGY, ts, v) for ts, v in points])
         finally:
             await conn.close()
 

@@ -14,6 +14,7 @@ from meterray.intervals import half_hours, local_midnight_ms, zone
 from meterray.settings import Settings, SettingsError
 from storage.postgres import consumption
 from storage.postgres.readings import ReadingsWriter
+from tests.storage.archive_rows import row
 
 ENERGY = "1-0:1.8.0"
 MIN = 60_000
@@ -44,10 +45,10 @@ async def test_server_side_thinning_keeps_what_the_derivation_needs(database: Se
     gap = max_gap_ms(60)
     conn = await asyncpg.connect(database.pg_dsn)
     try:
-        await ReadingsWriter().write(conn, [("thin-1", ENERGY, consumption.from_ms(r.ts_ms), r.value, "kWh",
-                                             r.quality, "test") for r in readings])
-        await ReadingsWriter().write(conn, [("thin-2", ENERGY, consumption.from_ms(r.ts_ms), r.value, "kWh",
-                                             0, "test") for r in readings[:10]])  # another device: not read
+        await ReadingsWriter().write(conn, [row("thin-1", ENERGY, consumption.from_ms(r.ts_ms), r.value,
+                                                quality=r.quality) for r in readings])
+        await ReadingsWriter().write(conn, [row("thin-2", ENERGY, consumption.from_ms(r.ts_ms), r.value)
+                                            for r in readings[:10]])  # another device: not read
         boundaries = [s.start_ms for s in slots] + [slots[-1].end_ms]
         got = await consumption.counter_readings(conn, "thin-1", ENERGY, boundaries, gap)
         stored = await consumption.all_counter_readings(conn, "thin-1", ENERGY, readings[0].ts_ms,

@@ -13,6 +13,7 @@ from meterray.settings import Settings
 from storage.kafka import backfill, topics
 from storage.postgres.readings import ReadingsWriter
 from tests.pipeline.helpers import read_topic, sql
+from tests.storage.archive_rows import row
 
 ENERGY = "1-0:1.8.0"
 NOW = datetime(2026, 9, 1, tzinfo=timezone.utc)
@@ -23,7 +24,7 @@ def _readings(device: str, holes: list[tuple[datetime, datetime]]) -> list:
     out, t, v = [], datetime(2026, 8, 20, tzinfo=timezone.utc), 100.0
     while t <= NOW:
         if not any(a < t < b for a, b in holes):
-            out.append((device, ENERGY, t, v, "kWh", 0, "test"))
+            out.append(row(device, ENERGY, t, v))
         t += timedelta(minutes=10)
         v += 0.5
     return out
