@@ -90,6 +90,9 @@ class Settings(BaseModel):
     # Comma-separated networks of reverse proxies (an ingress) whose X-Forwarded-For is believed for the
     # client address; empty: the peer's address is the client's.
     trusted_proxies: str = ""
+    # The time zone of a device's half-hours and days when the device has none of its own (devices.devices
+    # .timezone): an IANA name. Russia spans eleven zones (Europe/Kaliningrad .. Asia/Kamchatka).
+    default_timezone: str = "Europe/Moscow"
 
     @model_validator(mode="before")
     @classmethod
@@ -142,6 +145,17 @@ class Settings(BaseModel):
     def signing_key(self) -> str:
         """The key that signs and verifies access tokens (the development default when unset)."""
         return self.token_signing_key.get_secret_value() or DEVELOPMENT_SIGNING_KEY
+
+    @field_validator("default_timezone")
+    @classmethod
+    def _iana_zone(cls, v: str) -> str:
+        from meterray.intervals import TimezoneError, zone
+
+        try:
+            zone(v)
+        except TimezoneError as err:
+            raise ValueError(str(err)) from None
+        return v
 
     @field_validator("pg_dsn")
     @classmethod

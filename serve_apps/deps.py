@@ -7,6 +7,8 @@ from typing import Annotated
 import asyncpg
 from fastapi import Depends
 
+from meterray.settings import Settings
+
 
 class PoolHolder:
     def __init__(self, dsn: str, max_size: int = 5) -> None:
@@ -46,3 +48,20 @@ async def get_db() -> asyncpg.Pool:
 
 
 Db = Annotated[asyncpg.Pool, Depends(get_db)]
+
+
+_settings: Settings | None = None
+
+
+def configure_settings(settings: Settings) -> None:
+    global _settings
+    _settings = settings
+
+
+def get_settings() -> Settings:
+    if _settings is None:
+        raise RuntimeError("configure_settings() was not called in this replica")
+    return _settings
+
+
+AppSettings = Annotated[Settings, Depends(get_settings)]

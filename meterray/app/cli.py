@@ -50,6 +50,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--watch", action="store_true", help="refresh every --interval seconds until Ctrl-C")
     p.add_argument("--interval", type=float, default=2.0, help="seconds between samples (rates), default 2")
     p.add_argument("--json", action="store_true", help="the same view as GET /api/v1/runtime, as JSON")
+    p = sub.add_parser("timezone", help="show or set the time zone of a device's half-hours and days")
+    p.add_argument("device", help="device id")
+    p.add_argument("zone", nargs="?", help="an IANA name such as Asia/Vladivostok; `default` for "
+                                           "METERRAY_DEFAULT_TIMEZONE; omit to show the current one")
+    sub.add_parser("backfill", help="publish a backfill request for each gap in the half-hours of devices whose "
+                                    "source can resend data (topic backfill-requests)")
 
     p = sub.add_parser("bench", help="benchmarks; results go to bench/results/*.json")
     bench_sub = p.add_subparsers(dest="scenario", required=True)
@@ -174,6 +180,50 @@ def _status(settings: Settings, args: argparse.Namespace) -> int:
     return 0
 
 
+def _timezone(settings: Settings, args: argparse.Namespace) -> int:
+    import asyncio
+
+    import asyncpg
+
+    from meterray.intervals import TimezoneError, zone
+    from storage.postgres import consumption
+
+    wanted = None if args.zone in (None, "default") else args.zone
+    if wanted is not None:
+        try:
+            zone(wanted)
+        except TimezoneError as err:
+            print(f"nothing changed: {err}", file=sys.stderr)
+            return 2
+
+    async def run() -> str | None:
+        conn = await asyncpg.connect(settings.pg_dsn)
+        try:
+            if args.zone is not None and not await consumption.set_device_timezone(conn, args.device, wanted):
+                return None
+            device = await consumption.metering(conn, args.device)
+            return None if device is None else device.timezone or f"{settings.default_timezone} (the default)"
+        finally:
+            await conn.close()
+
+    shown = asyncio.run(run())
+    if shown is None:
+        print(f"no device {args.device!r}", file=sys.stderr)
+        return 1
+    print(f"{args.device}: {shown}")
+    return 0
+
+
+def _backfill(settings: Settings, args: argparse.Namespace) -> int:
+    import asyncio
+
+    from meterray.app.backfill import request_backfill
+
+    for r in asyncio.run(request_backfill(settings)):
+        print(f"{r.device_id} {r.quantity} {r.start} .. {r.end} ({r.half_hours} half-hours, {r.protocol})")
+    return 0
+
+
 def _bench(settings: Settings, args: argparse.Namespace) -> int:
     if args.scenario == "partners":
         from bench.partners import run_benchmark as run_partners
@@ -211,7 +261,8 @@ def _bench_mqtt(settings: Settings, args: argparse.Namespace) -> int:
 
 
 _COMMANDS = {"services": _services, "migrate": _migrate, "settings": _settings, "register": _register,
-             "run": _run, "demo": _demo, "status": _status, "bench": _bench}
+             "run": _run, "demo": _demo, "status": _status, "bench": _bench, "backfill": _backfill,
+             "timezone": _timezone}
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -103,6 +103,15 @@ class Field:
         return self.dtype.words
 
     @property
+    def wrap_value(self) -> float | None:
+        """The value at which a counter in this register starts again from 0: an unsigned integer
+        register of n bits holds at most 2^n - 1 raw units, so one more unit reads 0 (2^n × scale).
+        None for a float32 register: it does not wrap, it only loses resolution."""
+        if self.dtype in (DType.U16, DType.U32, DType.U64):
+            return float(1 << (16 * self.dtype.words)) * self.scale
+        return None
+
+    @property
     def end(self) -> int:
         """First address after this field."""
         return self.address + self.dtype.words
@@ -421,3 +430,11 @@ def _wb_map3e_fw1() -> Profile:
 
 
 PROFILES: dict[str, Profile] = {p.name: p for p in (_sdm630(), _wb_map3e_fw2(), _wb_map3e_fw1())}
+
+
+def wrap_value(profile: str, quantity: str) -> float | None:
+    """The value at which `profile`'s register of `quantity` starts again from 0 (Field.wrap_value);
+    None for a profile the code does not know, a quantity it lacks, or a register that does not wrap."""
+    known = PROFILES.get(profile)
+    field = next((f for f in known.fields if f.quantity == quantity), None) if known else None
+    return field.wrap_value if field else None

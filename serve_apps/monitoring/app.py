@@ -6,7 +6,8 @@ from ray import serve
 from ray.serve import Application
 
 from meterray.settings import Settings
-from serve_apps.deps import Db, configure_db
+from serve_apps.deps import Db, configure_db, configure_settings
+from serve_apps.monitoring.consumption import consumption_router
 from serve_apps.monitoring.routes import devices_router
 from serve_apps.monitoring.runtime import RuntimeSources
 from serve_apps.monitoring.runtime_routes import configure_runtime, runtime_router
@@ -14,10 +15,11 @@ from serve_apps.partners.deps import configure_partners
 from serve_apps.partners.routes import partners_router
 
 api = FastAPI(title="meterray monitoring", version="0.1.0",
-              description="Devices, their current values and the readings archive.")
+              description="Devices, their current values, the readings archive and interval consumption.")
 api.include_router(devices_router)
 api.include_router(runtime_router)
 api.include_router(partners_router)  # the partners seed service's routes, served by the same ingress for now
+api.include_router(consumption_router)
 
 
 @api.get("/healthz", tags=["health"])
@@ -33,6 +35,7 @@ class MonitoringApi:
         self._db = configure_db(settings.pg_dsn)
         configure_runtime(sources)
         configure_partners(settings)
+        configure_settings(settings)
 
     async def check_health(self) -> None:
         """Serve marks the replica unhealthy (and replaces it) while PostgreSQL does not answer."""

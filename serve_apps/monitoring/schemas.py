@@ -46,3 +46,42 @@ class ReadingHistory(BaseModel):
     end: datetime
     readings: list[ReadingOut]
     truncated: bool
+
+
+class EnergyOut(BaseModel):
+    start: datetime = Field(description="local time of the device, with its UTC offset")
+    end: datetime
+    energy: float | None = Field(description="energy in `unit`; null when missing")
+    status: str = Field(description="actual, estimated or missing; for sums also partial (some half-hours missing)")
+    methods: list[str] = Field(description="how estimated parts were estimated: linear, like_day; [] = measured")
+    complete: bool = Field(description="false when the readings start or end inside it (the energy covers part)")
+    half_hours: int = Field(description="half-hours summed into it")
+    quality: int = Field(description="bitmask of meterray.domain.Quality flags of the readings and the estimate")
+    quality_flags: list[str]
+
+
+class GapOut(BaseModel):
+    start: datetime
+    end: datetime
+    half_hours: int
+    method: str | None = Field(description="how it was filled: linear, like_day; null = left missing")
+
+
+class CounterDropOut(BaseModel):
+    ts: datetime = Field(description="the first reading after the drop")
+    kind: str = Field(description="rollover (register wrapped), reset (counter started again: replacement) "
+                                  "or noise (a small drop, counted as no advance)")
+
+
+class ConsumptionOut(BaseModel):
+    device_id: str
+    quantity: str
+    unit: str
+    interval: str
+    timezone: str
+    start: datetime
+    end: datetime
+    total: float = Field(description="sum of the energies shown (missing ones count 0)")
+    intervals: list[EnergyOut]
+    gaps: list[GapOut] = Field(description="half-hours without measured energy in the range")
+    counter_drops: list[CounterDropOut]

@@ -12,8 +12,11 @@ READINGS_RAW = "readings.raw"  # source shards → device processors
 READINGS = "readings"  # validated readings with quality flags → sink writers
 DEVICE_EVENTS = "device-events"  # device state transitions → notifier
 READINGS_DLQ = "readings.dlq"  # input that cannot be decoded, with reason and raw bytes
+# Gaps in a device's half-hours that its source can still resend (storage.kafka.backfill): partner
+# and meter-archive sources act on them; keyed and partitioned by device like readings.
+BACKFILL_REQUESTS = "backfill-requests"
 
-ALL_TOPICS = (READINGS_RAW, READINGS, DEVICE_EVENTS, READINGS_DLQ)
+ALL_TOPICS = (READINGS_RAW, READINGS, DEVICE_EVENTS, READINGS_DLQ, BACKFILL_REQUESTS)
 
 
 def partition_for(device_id: str, partitions: int) -> int:
