@@ -149,7 +149,7 @@ def decode_mapped(topic: str, payload: bytes, m: JsonMapping, source: str, now_m
                           f"(mapped: {sorted(names) or 'none'})")
     values = _obis_values(picked, m.values_field or "values")
     if scale:
-        values = tuple(Value(v.quantity, v.value * scale[v.quantity], v.unit) if v.quantity in scale else v
+        values = tuple(Value(v.quantity, v.value * scale[v.quantity], v.unit, v.quality) if v.quantity in scale else v
                        for v in values)
         bad = next((v for v in values if not math.isfinite(v.value)), None)
         if bad is not None:
@@ -190,7 +190,7 @@ def _obis_values(values: dict[str, Any], where: str) -> tuple[Value, ...]:
         unit = _UNIT.get(obis)
         kind = type(value)
         if unit is not None and (kind is int or (kind is float and math.isfinite(value))):
-            out.append(Value(obis, float(value), unit))
+            out.append(Value(obis, float(value), unit, 0))
             continue
         if unit is None:
             raise DecodeError(f"{where}: unknown OBIS code {obis[:40]!r}; known codes are listed in "
