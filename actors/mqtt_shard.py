@@ -276,7 +276,7 @@ class MqttShardCore:
             if not forget_session:
                 self._inbox.clear()  # not taken yet: the broker re-sends these to the resumed session
             await asyncio.sleep(0.05)
-        for t in self._tasks:
+        for t in [*self._tasks, *self._delivering]:  # what Kafka has not confirmed by now stays unacknowledged
             t.cancel()
         await asyncio.gather(*self._tasks, *self._delivering, return_exceptions=True)
         self._tasks = []
