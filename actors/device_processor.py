@@ -70,6 +70,7 @@ class DeviceProcessorCore(ConsumerStage):
         self._owned_since_ms: dict[int, int] = {}
         self._committed: dict[int, int] = {}  # at the assignment: where the partition's reading starts
         self._last_receive_ms: dict[int, int] = {}  # Kafka timestamp of the last record processed, by partition
+        self._input_clock_ms: int | None = None  # the newest Kafka timestamp processed, any partition
         self._sweep_at = 0.0
         self.skipped = 0  # items already applied (replays and retries)
         self.swept_events = 0
@@ -124,6 +125,10 @@ class DeviceProcessorCore(ConsumerStage):
         self._unsaved.update(work)
         self._transitions += transitions
         self._last_receive_ms.update(received)
+        if received:
+            newest = max(received.values())
+            if self._input_clock_ms is None or newest > self._input_clock_ms:
+                self._input_clock_ms = newest
         await self._checkpoint()
         self._count(n_readings, flagged, now_ms, received)
 
@@ -229,8 +234,7 @@ class DeviceProcessorCore(ConsumerStage):
         await self._follow_assignment()
         if self._unsaved or self._transitions:  # a checkpoint that failed after its batch was published
             await self._checkpoint()
-        now_ms = int(time.time() * 1000)
-        stream_now = self._stream_times(now_ms)
+        stream_now = self._stream_times()
         work: dict[str, DeviceState] = {}
         out: list[OutMessage] = []
         events: list[DeviceEvent] = []
@@ -264,18 +268,25 @@ class DeviceProcessorCore(ConsumerStage):
         for status, n in by_status.items():
             gauge.set(n, tags={"status": status, "processor": self._member})
 
-    def _stream_times(self, now_ms: int) -> dict[int, int]:
-        """For each owned partition, the time silence is measured against: the clock once every record
-        of the partition is processed; while records wait, the receive time of the last one processed
-        (a processor catching up after a restart or an outage sees no silence that is only its own lag)."""
+    def _stream_times(self) -> dict[int, int]:
+        """For each owned partition, the time silence is measured against: never the processor's clock,
+        always the input's. A partition that is caught up is at the input clock (the newest receive
+        time processed on any partition: a device is silent when others are heard and it is not); one
+        with records waiting is at the receive time of its last record processed. So a processor
+        catching up after a restart, or a stream stopped as a whole (Kafka away, PostgreSQL away),
+        raises no alarm: that silence is the pipeline's, not the devices'. The price: when every
+        source stops at once nothing is declared silent until input flows again."""
         out: dict[int, int] = {}
+        clock = self._input_clock_ms
+        if clock is None:
+            return out
         lag_gauge = metrics.consumer_lag_messages()
         for p in self._owned:
             lag = self._consumer.lag(self._input, p, self._committed.get(p))
             if lag is not None:
                 lag_gauge.set(lag, tags={"partition": str(p)})
             if lag == 0:
-                out[p] = now_ms
+                out[p] = clock
                 metrics.processing_lag_s().set(0.0, tags={"partition": str(p)})
             elif p in self._last_receive_ms:
                 out[p] = self._last_receive_ms[p]
@@ -286,7 +297,8 @@ class DeviceProcessorCore(ConsumerStage):
         for state in self._states.values():
             by_status[state.health.status.value] = by_status.get(state.health.status.value, 0) + 1
         return {**await super().ping(), "skipped": self.skipped, "devices": by_status,
-                "swept_events": self.swept_events, "owned_partitions": sorted(self._owned)}
+                "swept_events": self.swept_events, "owned_partitions": sorted(self._owned),
+                "input_clock_ms": self._input_clock_ms}
 
 
 @ray.remote(num_cpus=0, max_restarts=0)

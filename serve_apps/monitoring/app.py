@@ -7,11 +7,12 @@ from ray.serve import Application
 
 from meterray.settings import Settings
 from serve_apps.deps import Db, configure_db
-from serve_apps.monitoring.routes import devices_router
+from serve_apps.monitoring.routes import devices_router, health_router
 
 api = FastAPI(title="meterray monitoring", version="0.1.0",
-              description="Devices, their current values and the readings archive.")
+              description="Devices, their health, their current values and the readings archive.")
 api.include_router(devices_router)
+api.include_router(health_router)
 
 
 @api.get("/healthz", tags=["health"])
