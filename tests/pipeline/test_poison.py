@@ -82,8 +82,7 @@ def test_poison_records_are_dead_lettered_once_and_the_stream_goes_on(runtime: d
     wait_for(lambda: sql(s.pg_dsn, "SELECT count(DISTINCT device_id) AS n FROM monitoring.readings_current"
                                    " WHERE device_id = ANY($1::text[])", ids)[0]["n"] == len(ids),
              90, "every meter to report")
-    before = _stages(supervisor)
-    assert all(c["restarts"] == 0 for c in before.values()), before
+    before = _stages(supervisor)  # an earlier test may have killed a stage on purpose (test_health)
 
     start_ms = int(time.time() * 1000) + 1000
     time.sleep(3 * POLL_INTERVAL_S)  # poison arrives in the middle of the window, not at its edge
@@ -151,6 +150,6 @@ def test_poison_records_are_dead_lettered_once_and_the_stream_goes_on(runtime: d
     # 3. The stages never stopped: same processes, no restarts, and they dead-lettered what they say.
     after = _stages(supervisor)
     for role in STAGES:
-        assert after[role]["restarts"] == 0, after[role]
+        assert after[role]["restarts"] == before[role]["restarts"], after[role]
         assert after[role]["last_ping"]["pid"] == before[role]["last_ping"]["pid"], f"{role} was replaced"
         assert after[role]["last_ping"]["dead_letters"] >= len(crafted[topics.READINGS]) - 1
