@@ -10,7 +10,7 @@ retry, or by one that checkpointed and died before committing — and is skipped
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field, fields, replace
+from dataclasses import dataclass, field, fields
 from datetime import datetime, timezone
 from typing import Any
 
@@ -161,7 +161,7 @@ class DeviceState:
 
     def copy(self) -> DeviceState:
         """A working copy: a batch applies to copies, which replace the originals once published."""
-        return DeviceState(self.device_id, replace(self.health), self.memory.copy(), self.position, self.policy,
+        return DeviceState(self.device_id, self.health.copy(), self.memory.copy(), self.position, self.policy,
                            self.swept_ms)
 
     def checkpoint(self) -> DeviceCheckpoint:
