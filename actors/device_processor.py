@@ -65,6 +65,7 @@ class DeviceProcessorCore(ConsumerStage):
         self._out_events = settings.topic(topics.DEVICE_EVENTS)
         self._policies: dict[str, HealthPolicy] = {}
         self._registered_ms: dict[str, int] = {}
+        self._partition_of: dict[str, int] = {}  # device → input partition, for the sweep
         self._schedule_at = 0.0
         self._owned: set[int] = set()  # input partitions
         self._owned_since_ms: dict[int, int] = {}
@@ -199,13 +200,14 @@ class DeviceProcessorCore(ConsumerStage):
             self._committed = {p: o for (_, p), o in (await self._consumer.committed(
                 [(self._input, p) for p in owned])).items()}
             self._last_receive_ms = {p: t for p, t in self._last_receive_ms.items() if p in owned}
-        mine = [d for d in self._registered_ms if topics.partition_for(d, self._partitions) in self._owned]
+        mine = [d for d, p in self._partition_of.items() if p in self._owned]
         await self._load_states(set(mine))
 
     async def _load_schedule(self) -> None:
         rows = await device_repo.device_schedule(self._pool)
         self._policies = {r["id"]: HealthPolicy.for_interval(r["poll_interval_s"]) for r in rows}
         self._registered_ms = {r["id"]: int(r["created_at"].timestamp() * 1000) for r in rows}
+        self._partition_of = {r["id"]: topics.partition_for(r["id"], self._partitions) for r in rows}
         self._schedule_at = time.monotonic()
         for device_id, state in self._states.items():
             state.policy = self._policies.get(device_id, DEFAULT_POLICY)
@@ -239,14 +241,17 @@ class DeviceProcessorCore(ConsumerStage):
         out: list[OutMessage] = []
         events: list[DeviceEvent] = []
         by_status = dict.fromkeys((s.value for s in DeviceStatus), 0)
+        partition_of = self._partition_of
         for device_id, state in self._states.items():
-            by_status[state.health.status.value] += 1
-            p = topics.partition_for(device_id, self._partitions)
-            at = stream_now.get(p)
             h = state.health
-            if at is None or p not in self._owned:
-                continue
+            by_status[h.status.value] += 1
             quiet = h.last_activity_ms if h.last_activity_ms is not None else h.watch_since_ms
+            p = partition_of.get(device_id)
+            if p is None:
+                p = partition_of[device_id] = topics.partition_for(device_id, self._partitions)
+            at = stream_now.get(p)
+            if at is None:  # not ours any more, or its partition's time is not known yet
+                continue
             if quiet is not None and at - quiet < state.policy.timeout_ms and h.partner_online is None:
                 continue  # heard from within its timeout: nothing silence could change
             copy = state.copy()

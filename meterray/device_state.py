@@ -20,8 +20,6 @@ from meterray.health import DEFAULT_POLICY, Data, Health, HealthPolicy, Link
 from meterray.validation import FUTURE_TOLERANCE_MS, Memory
 
 __all__ = ["FUTURE_TOLERANCE_MS", "DeviceCheckpoint", "DeviceState", "SourcePosition"]
-_HEALTH_EXTRA = ("last_activity_ms", "failing_since_ms", "successes_in_row", "clock_drift", "frozen", "reversal_ms",
-                 "partner_online", "partner_error", "battery_low", "tamper", "partner_report_ms", "watch_since_ms")
 
 
 @dataclass(frozen=True, slots=True, order=True)
@@ -166,7 +164,12 @@ class DeviceState:
 
     def checkpoint(self) -> DeviceCheckpoint:
         h, p = self.health, self.position
-        extra: dict[str, Any] = {name: getattr(h, name) for name in _HEALTH_EXTRA}
+        extra: dict[str, Any] = {
+            "last_activity_ms": h.last_activity_ms, "failing_since_ms": h.failing_since_ms,
+            "successes_in_row": h.successes_in_row, "clock_drift": h.clock_drift, "frozen": h.frozen,
+            "reversal_ms": h.reversal_ms, "partner_online": h.partner_online, "partner_error": h.partner_error,
+            "battery_low": h.battery_low, "tamper": h.tamper, "partner_report_ms": h.partner_report_ms,
+            "watch_since_ms": h.watch_since_ms}
         return DeviceCheckpoint(
             self.device_id, h.status.value, _dt(h.last_seen_ms), h.last_failure_kind, h.last_failure,
             _dt(h.last_failure_ms), h.consecutive_failures,

@@ -214,14 +214,18 @@ async def save_states(conn: asyncpg.Connection | asyncpg.Pool, states: Iterable[
     latest = {s.device_id: s for s in states}
     if not latest and not transitions:
         return
-    columns: list[list[Any]] = [[] for _ in _STATE_COLUMNS]
-    for s in latest.values():
-        for column, value in zip(columns, (
-                s.device_id, s.status, s.last_seen, s.last_failure_kind, s.last_failure, s.last_failure_at,
-                s.consecutive_failures, orjson.dumps(s.counters).decode(), s.source_partition, s.source_offset,
-                s.source_topic, ",".join(s.reasons), s.link, s.data, s.last_success, s.error_ratio,
-                s.clock_offset_s, orjson.dumps(s.memory).decode(), s.swept_at), strict=True):
-            column.append(value)
+    rows = list(latest.values())
+    # Column by column (one comprehension each runs in C), not row by row: 2,000 rows a second.
+    columns: list[list[Any]] = [
+        [s.device_id for s in rows], [s.status for s in rows], [s.last_seen for s in rows],
+        [s.last_failure_kind for s in rows], [s.last_failure for s in rows], [s.last_failure_at for s in rows],
+        [s.consecutive_failures for s in rows], [orjson.dumps(s.counters).decode() for s in rows],
+        [s.source_partition for s in rows], [s.source_offset for s in rows], [s.source_topic for s in rows],
+        [",".join(s.reasons) for s in rows], [s.link for s in rows], [s.data for s in rows],
+        [s.last_success for s in rows], [s.error_ratio for s in rows], [s.clock_offset_s for s in rows],
+        [orjson.dumps(s.memory).decode() for s in rows], [s.swept_at for s in rows],
+    ]
+    assert len(columns) == len(_STATE_COLUMNS)
     unnest = ", ".join(f"${i + 1}::{t}[]" for i, t in enumerate(_STATE_TYPES))
     names = ", ".join(_STATE_COLUMNS)
     updates = ", ".join(f"{c} = excluded.{c}" for c in _STATE_COLUMNS[1:])
