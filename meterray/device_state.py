@@ -15,11 +15,12 @@ from datetime import datetime, timezone
 from typing import Any
 
 from meterray import validation
-from meterray.domain import DeviceEvent, DeviceStatus, PollFailure, ReadingBatch, StatusReport
+from meterray.domain import DeviceEvent, DeviceStatus, FailureKind, PollFailure, ReadingBatch, StatusReport
 from meterray.health import DEFAULT_POLICY, Data, Health, HealthPolicy, Link
 from meterray.validation import FUTURE_TOLERANCE_MS, Memory
 
 __all__ = ["FUTURE_TOLERANCE_MS", "DeviceCheckpoint", "DeviceState", "SourcePosition"]
+_PARTNER_STATUS = frozenset({FailureKind.DEVICE_OFFLINE, FailureKind.DEVICE_ALARM})
 
 
 @dataclass(frozen=True, slots=True, order=True)
@@ -131,6 +132,12 @@ class DeviceState:
                 return None, []
             self.position = at
         health = self.health
+        if isinstance(item, PollFailure) and item.kind in _PARTNER_STATUS:
+            # How protocols/http/mapping.py carries a partner's device status: offline, or an alarm
+            # (error code, low battery, tamper) in the detail. A status signal, not a failed poll.
+            offline = item.kind is FailureKind.DEVICE_OFFLINE
+            item = StatusReport(item.device_id, item.ts_ms, item.source, online=not offline,
+                                error_code=None if offline else item.detail)
         if isinstance(item, PollFailure):
             event = health.on_failure(item.kind, item.detail, item.ts_ms, self.policy, receive_ms)
             return None, [] if event is None else [event]
@@ -139,13 +146,20 @@ class DeviceState:
                 self.memory.reset_announced = True
             event = health.on_report(item, self.policy, receive_ms)
             return None, [] if event is None else [event]
+        events: list[DeviceEvent] = []
+        if not item.values and (health.partner_online is False or health.partner_error):
+            # A batch without values is a partner's "the device is fine" (protocols/http/mapping.py).
+            fine = health.on_report(StatusReport(item.device_id, item.ts_ms, item.source, online=True, error_code=""),
+                                    self.policy, receive_ms)
+            if fine is not None:
+                events.append(fine)
         policy = self.policy
         late_ms = validation.LATE_MIN_MS
         if policy.interval_ms is not None:
             late_ms = max(late_ms, validation.LATE_INTERVALS * policy.interval_ms)
         found = validation.check(self.memory, item, now_ms, receive_ms, late_ms)
-        events = [DeviceEvent(self.device_id, item.ts_ms, "counter_decrease", health.status, health.status, r)
-                  for r in found.resets]
+        events += [DeviceEvent(self.device_id, item.ts_ms, "counter_decrease", health.status, health.status, r)
+                   for r in found.resets]
         event = health.on_readings(item.ts_ms, policy, frozen=found.frozen, clock_offset_ms=found.clock_offset_ms,
                                    reversal=found.reversal, received_ms=receive_ms)
         if event is not None:

@@ -39,6 +39,8 @@ class FailureKind(StrEnum):
     AUTH = "auth"
     CONFIGURATION = "configuration"  # the stored configuration cannot be used (e.g. a profile the code lacks)
     HOST_UNRESOLVED = "host_unresolved"  # the connection's host name does not resolve (DNS)
+    DEVICE_OFFLINE = "device_offline"  # a data partner reports the device offline (its view of the meter)
+    DEVICE_ALARM = "device_alarm"  # a data partner reports an error code, a low battery or tamper
 
 
 class Value(msgspec.Struct, frozen=True, array_like=True, gc=False):

@@ -61,6 +61,7 @@ FAILURE_REASON = {
     FailureKind.CONNECTION_LOST: Reason.CONNECTION_LOST, FailureKind.EXCEPTION_CODE: Reason.EXCEPTION_CODE,
     FailureKind.BAD_RESPONSE: Reason.BAD_RESPONSE, FailureKind.AUTH: Reason.AUTH_FAILED,
     FailureKind.CONFIGURATION: Reason.CONFIGURATION, FailureKind.HOST_UNRESOLVED: Reason.HOST_UNRESOLVED,
+    FailureKind.DEVICE_OFFLINE: Reason.PARTNER_OFFLINE, FailureKind.DEVICE_ALARM: Reason.PARTNER_ERROR,
 }
 _FAILURE_REASONS = frozenset(FAILURE_REASON.values())
 # Failures in which the device itself answered (so it was seen), as opposed to silence or refusal.
@@ -171,6 +172,8 @@ class Health:
         self.successes_in_row += 1
         self.error_ratio -= ERROR_RATIO_ALPHA * self.error_ratio
         self.link = Link.UP
+        if self.partner_online is False:  # data from it: whoever said it was offline is out of date
+            self.partner_online = None
         self.frozen = frozen
         self.data = Data.FROZEN if frozen else Data.FRESH
         if clock_offset_ms is not None:

@@ -123,3 +123,19 @@ def test_checkpoint_keeps_the_position() -> None:
     cp = state.checkpoint()
     assert (cp.source_partition, cp.source_offset) == (3, 42)
     assert DeviceState.from_checkpoint(cp) == state
+
+
+def test_a_partners_device_status_as_the_http_mapping_sends_it_feeds_health() -> None:
+    # protocols/http/mapping.py: offline and alarms travel as failures of their own kinds, "fine" as
+    # a batch without values.
+    state = DeviceState("m-1", policy=POLICY)
+    state.apply(batch(NOW, 1.0), NOW)
+    _, events = state.apply(PollFailure("m-1", NOW + 1000, "partner", FailureKind.DEVICE_ALARM, "battery low (7 %)"),
+                            NOW)
+    assert [(e.status, e.reasons) for e in events] == [(DeviceStatus.DEGRADED, ("partner_error",))]
+    _, events = state.apply(PollFailure("m-1", NOW + 2000, "partner", FailureKind.DEVICE_OFFLINE, "reports lost"),
+                            NOW)
+    assert [(e.status, e.reasons) for e in events] == [(DeviceStatus.OFFLINE, ("partner_offline",))]
+    assert state.consecutive_failures == 0  # a status, not a failed poll
+    _, events = state.apply(ReadingBatch("m-1", NOW + 3000, "partner", ()), NOW)
+    assert [e.status for e in events] == [DeviceStatus.ONLINE]
