@@ -75,6 +75,10 @@ class ConsumerStage:
     async def handle(self, messages: Sequence[Message]) -> None:
         raise NotImplementedError
 
+    async def tick(self) -> None:
+        """Called after every poll of the loop, with or without messages (timers: e.g. the device
+        processor's inactivity sweep). Never concurrently with `handle`. Errors are logged, not fatal."""
+
     def dead_letter(self, message: Message, reason: str) -> OutMessage:
         """A dead-letter record for a message this stage cannot use: why, where from, the raw bytes."""
         key = message.key()
@@ -104,6 +108,11 @@ class ConsumerStage:
                 messages = await self.poll_batch()
                 if messages:
                     await self.process(messages)
+                try:
+                    await self.tick()
+                except Exception as err:  # a timer's failure (Kafka or PostgreSQL away) waits for the next tick
+                    self.last_error = f"tick: {sink_errors.describe(err)}"
+                    log.warning("%s: %s", self.role, self.last_error)
         except StageStopping:
             pass
 

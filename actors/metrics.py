@@ -55,6 +55,33 @@ def device_events() -> metrics.Counter:
 
 
 @cache
+def reading_quality() -> metrics.Counter:
+    return metrics.Counter("meterray_reading_quality_total",
+                           "Readings validated by the device processor, by quality flag (a reading with two flags "
+                           "counts under both; OK: no flag)", tag_keys=("flag",))
+
+
+@cache
+def devices_by_status() -> metrics.Gauge:
+    return metrics.Gauge("meterray_devices", "Devices a device processor owns, by health status",
+                         tag_keys=("status", "processor"))
+
+
+@cache
+def processing_lag_s() -> metrics.Gauge:
+    return metrics.Gauge("meterray_processing_lag_seconds",
+                         "Device processor: receive time (Kafka timestamp) of readings.raw records to their "
+                         "processing, by input partition; 0 while the partition is caught up",
+                         tag_keys=("partition",))
+
+
+@cache
+def consumer_lag_messages() -> metrics.Gauge:
+    return metrics.Gauge("meterray_consumer_lag_messages", "Device processor: records of an input partition not "
+                         "processed yet", tag_keys=("partition",))
+
+
+@cache
 def actor_restarts() -> metrics.Counter:
     return metrics.Counter("meterray_actor_restarts_total", "Actors the supervisor had to recreate",
                            tag_keys=("role",))

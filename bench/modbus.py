@@ -19,6 +19,7 @@ import resource
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 import uuid
 from collections.abc import Callable
@@ -163,11 +164,14 @@ class Window:
 def run_baseline(settings: Settings, manifest: Path, w: Window, sim: psutil.Process) -> dict[str, Any]:
     _say(f"baseline: {w.meters} meters, plain pymodbus loop → Kafka for {w.seconds:.0f} s "
          f"(after {w.warmup_s:.0f} s warm-up)")
+    # stderr goes to a file, not a pipe: on a busy machine pymodbus logs every late answer it drops, and
+    # a pipe nobody reads until the end fills up (64 KiB) and blocks the baseline in the middle of its run.
+    err_file = tempfile.TemporaryFile("w+")
     proc = subprocess.Popen(
         [sys.executable, "-m", "bench.modbus_baseline", "--manifest", str(manifest), "--interval", str(w.interval_s),
          "--seconds", str(w.seconds), "--warmup", str(w.warmup_s), "--bootstrap", settings.kafka_bootstrap,
          "--topic", settings.topic(BASELINE_TOPIC)],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=REPO_ROOT,
+        stdout=subprocess.PIPE, stderr=err_file, text=True, cwd=REPO_ROOT,
     )
     assert proc.stdout is not None
     sim_cpu0 = sim_cpu1 = 0.0
@@ -178,8 +182,11 @@ def run_baseline(settings: Settings, manifest: Path, w: Window, sim: psutil.Proc
             sim_cpu0 = _cpu_s(sim)
         elif last == '{"event": "measured"}':
             sim_cpu1 = _cpu_s(sim)
-    err = proc.stderr.read() if proc.stderr else ""
-    if proc.wait() != 0:
+    returncode = proc.wait()
+    err_file.seek(0)
+    err = err_file.read()
+    err_file.close()
+    if returncode != 0:
         raise RuntimeError(f"the baseline failed: {err.strip().splitlines()[-1:] or 'no output'}")
     r = json.loads(last)
     if r["delivery_errors"] or r["polls_failed"]:

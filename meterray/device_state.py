@@ -10,24 +10,17 @@ retry, or by one that checkpointed and died before committing — and is skipped
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field, fields
 from datetime import datetime, timezone
 from typing import Any
 
-from meterray.domain import (
-    DeviceEvent,
-    DeviceStatus,
-    FailureKind,
-    PollFailure,
-    Quality,
-    ReadingBatch,
-    Value,
-)
-from meterray.quantities import QUANTITIES
+from meterray import validation
+from meterray.domain import DeviceEvent, DeviceStatus, FailureKind, PollFailure, ReadingBatch, StatusReport
+from meterray.health import DEFAULT_POLICY, Data, Health, HealthPolicy, Link
+from meterray.validation import FUTURE_TOLERANCE_MS, Memory
 
-OFFLINE_AFTER_FAILURES = 3  # consecutive failed polls; one or two only make a device degraded
-FUTURE_TOLERANCE_MS = 5 * 60 * 1000  # readings further ahead than this carry FUTURE_TIMESTAMP
-_CUMULATIVE = frozenset(obis for obis, q in QUANTITIES.items() if q.cumulative)
+__all__ = ["FUTURE_TOLERANCE_MS", "DeviceCheckpoint", "DeviceState", "SourcePosition"]
+_PARTNER_STATUS = frozenset({FailureKind.DEVICE_OFFLINE, FailureKind.DEVICE_ALARM})
 
 
 @dataclass(frozen=True, slots=True, order=True)
@@ -46,7 +39,8 @@ class SourcePosition:
 
 @dataclass(frozen=True, slots=True)
 class DeviceCheckpoint:
-    """A device's state as a processor checkpoints it; `counters` maps OBIS code → [ts_ms, value];
+    """A device's state as a processor checkpoints it; `counters` maps OBIS code → [ts_ms, value, rate];
+    `memory` holds the rest of validation's memory and the health fields the API does not show;
     `source_topic`/`source_partition`/`source_offset` are the input position of the last item applied."""
 
     device_id: str
@@ -60,19 +54,61 @@ class DeviceCheckpoint:
     source_partition: int | None = None
     source_offset: int | None = None
     source_topic: str | None = None
+    reasons: tuple[str, ...] = ()
+    link: str = Link.UNKNOWN.value
+    data: str = Data.UNKNOWN.value
+    last_success: datetime | None = None
+    error_ratio: float = 0.0
+    clock_offset_s: float | None = None
+    memory: dict[str, Any] = field(default_factory=dict)
+    swept_at: datetime | None = None  # the last inactivity sweep that changed the state
 
 
-@dataclass(slots=True)
 class DeviceState:
-    device_id: str
-    status: DeviceStatus = DeviceStatus.UNKNOWN
-    last_seen_ms: int | None = None
-    last_failure_kind: str | None = None
-    last_failure: str | None = None
-    last_failure_ms: int | None = None
-    consecutive_failures: int = 0
-    counters: dict[str, tuple[int, float]] = field(default_factory=dict)  # OBIS → (ts_ms, value)
-    position: SourcePosition | None = None  # input position of the last item applied
+    """Health (meterray.health) and validation memory (meterray.validation) of one device, and the
+    input position of the last item applied. `policy` (its timing) is configuration, not state: the
+    processor sets it from the device's poll interval and it is not checkpointed."""
+
+    __slots__ = ("device_id", "health", "memory", "policy", "position", "swept_ms")
+
+    def __init__(self, device_id: str, health: Health | None = None, memory: Memory | None = None,
+                 position: SourcePosition | None = None, policy: HealthPolicy = DEFAULT_POLICY,
+                 swept_ms: int | None = None) -> None:
+        self.device_id = device_id
+        self.health = health if health is not None else Health(device_id)
+        self.memory = memory if memory is not None else Memory()
+        self.position = position
+        self.policy = policy
+        self.swept_ms = swept_ms
+
+    def __eq__(self, other: object) -> bool:
+        return (isinstance(other, DeviceState) and self.device_id == other.device_id and self.health == other.health
+                and self.memory == other.memory and self.position == other.position
+                and self.swept_ms == other.swept_ms)
+
+    def __repr__(self) -> str:
+        return f"DeviceState({self.device_id!r}, {self.health!r}, {self.memory!r}, {self.position!r})"
+
+    # Shortcuts the processor, the API and the tests read.
+    @property
+    def status(self) -> DeviceStatus:
+        return self.health.status
+
+    @property
+    def consecutive_failures(self) -> int:
+        return self.health.consecutive_failures
+
+    @property
+    def last_failure_kind(self) -> str | None:
+        return self.health.last_failure_kind
+
+    @property
+    def last_seen_ms(self) -> int | None:
+        return self.health.last_seen_ms
+
+    @property
+    def counters(self) -> dict[str, tuple[int, float, float]]:
+        return self.memory.counters
 
     def applies(self, at: SourcePosition) -> bool:
         """False for an item at or below the last applied position of the same topic and partition. An
@@ -84,86 +120,100 @@ class DeviceState:
             return True
         return at.offset > p.offset
 
-    def apply(self, item: ReadingBatch | PollFailure, now_ms: int,
-              at: SourcePosition | None = None) -> tuple[ReadingBatch | None, list[DeviceEvent]]:
-        """Validate readings (flags, never drops) or record a failure; returns what to publish.
+    def apply(self, item: ReadingBatch | PollFailure | StatusReport, now_ms: int,
+              at: SourcePosition | None = None, receive_ms: int | None = None
+              ) -> tuple[ReadingBatch | None, list[DeviceEvent]]:
+        """Validate readings (flags, never drops), record a failure or a partner's report; returns what
+        to publish. `receive_ms`: when the source handed the item over (its Kafka timestamp).
 
         With `at`, an item already applied (see `applies`) changes nothing and publishes nothing."""
         if at is not None:
             if not self.applies(at):
                 return None, []
             self.position = at
+        health = self.health
+        if isinstance(item, PollFailure) and item.kind in _PARTNER_STATUS:
+            # How protocols/http/mapping.py carries a partner's device status: offline, or an alarm
+            # (error code, low battery, tamper) in the detail. A status signal, not a failed poll.
+            offline = item.kind is FailureKind.DEVICE_OFFLINE
+            item = StatusReport(item.device_id, item.ts_ms, item.source, online=not offline,
+                                error_code=None if offline else item.detail)
         if isinstance(item, PollFailure):
-            return None, self._fail(item)
-        return self._accept(item, now_ms)
-
-    def _accept(self, batch: ReadingBatch, now_ms: int) -> tuple[ReadingBatch, list[DeviceEvent]]:
+            event = health.on_failure(item.kind, item.detail, item.ts_ms, self.policy, receive_ms)
+            return None, [] if event is None else [event]
+        if isinstance(item, StatusReport):
+            if item.meter_replaced:
+                self.memory.reset_announced = True
+            event = health.on_report(item, self.policy, receive_ms)
+            return None, [] if event is None else [event]
         events: list[DeviceEvent] = []
-        future = Quality.FUTURE_TIMESTAMP if batch.ts_ms > now_ms + FUTURE_TOLERANCE_MS else 0
-        values = []
-        for v in batch.values:
-            flags = v.quality | future
-            if v.quantity in _CUMULATIVE:
-                prev = self.counters.get(v.quantity)
-                if prev is None or batch.ts_ms > prev[0]:
-                    if prev is not None and v.value < prev[1]:
-                        flags |= Quality.COUNTER_DECREASE
-                        events.append(self._event(batch.ts_ms, "counter_decrease",
-                                                  f"{v.quantity} went from {prev[1]} to {v.value}"))
-                    self.counters[v.quantity] = (batch.ts_ms, v.value)
-            values.append(v if flags == v.quality else Value(v.quantity, v.value, v.unit, int(flags)))
-        if self.last_seen_ms is None or batch.ts_ms > self.last_seen_ms:
-            self.last_seen_ms = batch.ts_ms
-        self.consecutive_failures = 0
-        events += self._move_to(DeviceStatus.ONLINE, batch.ts_ms, "readings arrive")
-        return ReadingBatch(batch.device_id, batch.ts_ms, batch.source, tuple(values)), events
+        if not item.values and (health.partner_online is False or health.partner_error):
+            # A batch without values is a partner's "the device is fine" (protocols/http/mapping.py).
+            fine = health.on_report(StatusReport(item.device_id, item.ts_ms, item.source, online=True, error_code=""),
+                                    self.policy, receive_ms)
+            if fine is not None:
+                events.append(fine)
+        policy = self.policy
+        late_ms = validation.LATE_MIN_MS
+        if policy.interval_ms is not None:
+            late_ms = max(late_ms, validation.LATE_INTERVALS * policy.interval_ms)
+        found = validation.check(self.memory, item, now_ms, receive_ms, late_ms)
+        events += [DeviceEvent(self.device_id, item.ts_ms, "counter_decrease", health.status, health.status, r)
+                   for r in found.resets]
+        event = health.on_readings(item.ts_ms, policy, frozen=found.frozen, clock_offset_ms=found.clock_offset_ms,
+                                   reversal=found.reversal, received_ms=receive_ms)
+        if event is not None:
+            events.append(event)
+        return found.batch, events
 
-    def _fail(self, failure: PollFailure) -> list[DeviceEvent]:
-        self.consecutive_failures += 1
-        self.last_failure_kind = failure.kind.value
-        self.last_failure = failure.detail
-        self.last_failure_ms = failure.ts_ms
-        target = DeviceStatus.OFFLINE if self.consecutive_failures >= OFFLINE_AFTER_FAILURES else DeviceStatus.DEGRADED
-        # A partner that says a meter is offline has seen it so: no need to count our own failed polls.
-        if self.status is DeviceStatus.OFFLINE or failure.kind is FailureKind.DEVICE_OFFLINE:
-            target = DeviceStatus.OFFLINE
-        if failure.kind is FailureKind.DEVICE_ALARM:  # an error code, low battery or tamper: it still measures
-            target = DeviceStatus.DEGRADED
-        return self._move_to(target, failure.ts_ms, f"{failure.kind.value}: {failure.detail}")
+    def sweep(self, now_ms: int) -> DeviceEvent | None:
+        """The inactivity check (see Health.on_silence); `now_ms` is the partition's stream time."""
+        self.swept_ms = now_ms
+        return self.health.on_silence(now_ms, self.policy)
 
-    def _move_to(self, status: DeviceStatus, ts_ms: int, reason: str) -> list[DeviceEvent]:
-        if status is self.status:
-            return []
-        event = DeviceEvent(self.device_id, ts_ms, "status", status, self.status, reason)
-        self.status = status
-        return [event]
-
-    def _event(self, ts_ms: int, kind: str, reason: str) -> DeviceEvent:
-        return DeviceEvent(self.device_id, ts_ms, kind, self.status, self.status, reason)
-
-    def copy(self) -> "DeviceState":
+    def copy(self) -> DeviceState:
         """A working copy: a batch applies to copies, which replace the originals once published."""
-        return replace(self, counters=dict(self.counters))
+        return DeviceState(self.device_id, self.health.copy(), self.memory.copy(), self.position, self.policy,
+                           self.swept_ms)
 
     def checkpoint(self) -> DeviceCheckpoint:
+        h, p = self.health, self.position
+        extra: dict[str, Any] = {
+            "last_activity_ms": h.last_activity_ms, "failing_since_ms": h.failing_since_ms,
+            "successes_in_row": h.successes_in_row, "clock_drift": h.clock_drift, "frozen": h.frozen,
+            "reversal_ms": h.reversal_ms, "partner_online": h.partner_online, "partner_error": h.partner_error,
+            "battery_low": h.battery_low, "tamper": h.tamper, "partner_report_ms": h.partner_report_ms,
+            "watch_since_ms": h.watch_since_ms}
         return DeviceCheckpoint(
-            self.device_id, self.status.value, _dt(self.last_seen_ms), self.last_failure_kind, self.last_failure,
-            _dt(self.last_failure_ms), self.consecutive_failures,
-            {q: [ts, v] for q, (ts, v) in self.counters.items()},
-            None if self.position is None else self.position.partition,
-            None if self.position is None else self.position.offset,
-            None if self.position is None else self.position.topic,
+            self.device_id, h.status.value, _dt(h.last_seen_ms), h.last_failure_kind, h.last_failure,
+            _dt(h.last_failure_ms), h.consecutive_failures,
+            {q: [ts, v, r] for q, (ts, v, r) in self.memory.counters.items()},
+            None if p is None else p.partition, None if p is None else p.offset, None if p is None else p.topic,
+            h.reasons, h.link.value, h.data.value, _dt(h.last_success_ms), h.error_ratio,
+            None if h.clock_offset_ms is None else h.clock_offset_ms / 1000,
+            {**self.memory.to_json(), "health": extra}, _dt(self.swept_ms),
         )
 
     @classmethod
-    def from_checkpoint(cls, row: DeviceCheckpoint) -> "DeviceState":
+    def from_checkpoint(cls, row: DeviceCheckpoint, policy: HealthPolicy = DEFAULT_POLICY) -> DeviceState:
         position = (None if row.source_partition is None or row.source_offset is None
                     else SourcePosition(row.source_partition, row.source_offset, row.source_topic))
-        return cls(
-            row.device_id, DeviceStatus(row.status), _ms(row.last_seen), row.last_failure_kind, row.last_failure,
-            _ms(row.last_failure_at), row.consecutive_failures,
-            {q: (int(ts), float(v)) for q, (ts, v) in row.counters.items()}, position,
+        extra = row.memory.get("health") or {}
+        known = {f.name for f in fields(Health)}
+        health = Health(
+            row.device_id, DeviceStatus(row.status), tuple(row.reasons), Link(row.link), Data(row.data),
+            _ms(row.last_seen), _ms(row.last_success), None, row.last_failure_kind, row.last_failure,
+            _ms(row.last_failure_at), row.consecutive_failures, None, 0, row.error_ratio,
+            None if row.clock_offset_s is None else row.clock_offset_s * 1000,
         )
+        for name, value in extra.items():
+            if name in known:
+                setattr(health, name, value)
+        if health.last_activity_ms is None:  # a checkpoint written before health kept it
+            health.last_activity_ms = max((t for t in (health.last_seen_ms, health.last_failure_ms) if t is not None),
+                                          default=None)
+        return cls(row.device_id, health, Memory.from_json(row.counters, row.memory), position, policy,
+                   _ms(row.swept_at))
 
 
 def _dt(ms: int | None) -> datetime | None:

@@ -11,11 +11,21 @@ class Quality(IntFlag):
     """Data-quality flags carried with every reading (a bitmask, stored as an integer)."""
 
     OK = 0
-    COUNTER_DECREASE = 1  # cumulative register went down: rollover, reset or replacement
-    DUPLICATE = 2  # same key seen before with a different value
-    FUTURE_TIMESTAMP = 4
+    COUNTER_DECREASE = 1  # cumulative register went down (negative consumption); see the classes below
+    DUPLICATE = 2  # this key (device, quantity, ts) arrived before: a redelivery, never a second row
+    FUTURE_TIMESTAMP = 4  # stamped more than 5 minutes after the processor's clock
     ESTIMATED = 8
-    SUSPECT = 16
+    SUSPECT = 16  # a counter decrease that is neither a rollover nor a reset: a meter or data error
+    # Validation (meterray.validation; energy_domain.md section 3). Flags are kept with the value,
+    # which is never dropped or altered.
+    OUT_OF_ORDER = 32  # older than a reading of the device already seen (not a duplicate)
+    LATE = 64  # received long after its timestamp (store-and-forward, a backlog)
+    ROLLOVER = 128  # with COUNTER_DECREASE: the register wrapped past its maximum
+    METER_RESET = 256  # with COUNTER_DECREASE: a reset or a replaced meter (large drop, or announced)
+    SPIKE = 512  # consumption far above the device's own recent rate
+    FROZEN = 1024  # the same non-zero values, reading after reading: the meter stopped measuring
+    SCALE_ERROR = 2048  # a counter about 1000x off its previous value: Wh vs kWh
+    CLOCK_DRIFT = 4096  # stamped ahead of the time it was received by more than the tolerance
 
 
 class FailureKind(StrEnum):
@@ -93,8 +103,24 @@ class ModbusConnection:
 class DeviceStatus(StrEnum):
     UNKNOWN = "unknown"
     ONLINE = "online"
-    DEGRADED = "degraded"  # failing polls, not yet long enough to call it offline
-    OFFLINE = "offline"
+    DEGRADED = "degraded"  # data arrives, but something is wrong (error ratio, clock, counters, partner)
+    STALE = "stale"  # the link answers but the data is not fresh (frozen values, or none while online)
+    OFFLINE = "offline"  # nothing succeeded for the device's timeout and several cycles failed or were missed
+
+
+@dataclass(frozen=True, slots=True)
+class StatusReport:
+    """A device's status as a partner (or a gateway) reports it: a signal of its own for the health
+    state machine, next to readings and poll failures. None: the report does not say."""
+
+    device_id: str
+    ts_ms: int
+    source: str
+    online: bool | None = None
+    error_code: str | None = None  # the partner's error code; None or "" when it reports none
+    battery_low: bool | None = None
+    tamper: bool | None = None
+    meter_replaced: bool | None = None  # a reset or replacement announced: the next counter drop is expected
 
 
 @dataclass(frozen=True, slots=True)
@@ -103,7 +129,8 @@ class DeviceEvent:
 
     device_id: str
     ts_ms: int
-    kind: str  # "status" or "counter_decrease"
+    kind: str  # "status" (a transition) or "counter_decrease"
     status: DeviceStatus
     previous: DeviceStatus
-    reason: str
+    reason: str  # for a person
+    reasons: tuple[str, ...] = ()  # reason codes (meterray.health.Reason) of the new status

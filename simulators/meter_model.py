@@ -48,6 +48,9 @@ class Fault(StrEnum):
     # The meter answers, but reports its "no value" pattern (the vendor's error value, NaN for
     # floats) for some quantities, as a WB-MAP3E does for Urms while a phase is not measured.
     NO_VALUE = "no_value"
+    # The meter answers, but its registers stop refreshing: every read returns the values of the
+    # moment of the fault (a hung measurement core, or a gateway answering from a stale cache).
+    FROZEN = "frozen"
 
 
 # Modbus application protocol v1.1b3 §7 exception codes a meter answers for a bad request.
@@ -289,7 +292,7 @@ class SimulatedMeter:
         # Like a real meter, the registers refresh once per measurement cycle (1 s here): every
         # block read within that second sees the same values, computed once.
         tick = int(now)
-        if tick != self._seen_tick:
+        if tick != self._seen_tick and not (self.fault is Fault.FROZEN and self._seen_values):
             values: dict[str, float | None] = dict(self.values(tick))
             if self.fault is Fault.NO_VALUE:
                 values.update(dict.fromkeys(self.no_value))
@@ -324,7 +327,8 @@ class SimulatedMeter:
                     f"{self.profile.name} can report 'no value' only for {sorted(able) or 'nothing'}; "
                     f"asked for {sorted(no_value - able) or 'none'}"
                 )
-        self._seen_tick = -1  # a fault changes what the registers hold
+        if fault is not Fault.FROZEN:
+            self._seen_tick = -1  # a fault changes what the registers hold (frozen: they keep it)
         if fault is Fault.RESET:
             self._reset_kwh = self.energy_since_install_kwh(now)
             self.fault = Fault.NONE

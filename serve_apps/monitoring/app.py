@@ -8,15 +8,16 @@ from ray.serve import Application
 from meterray.settings import Settings
 from serve_apps.deps import Db, configure_db, configure_settings
 from serve_apps.monitoring.consumption import consumption_router
-from serve_apps.monitoring.routes import devices_router
+from serve_apps.monitoring.routes import devices_router, health_router
 from serve_apps.monitoring.runtime import RuntimeSources
 from serve_apps.monitoring.runtime_routes import configure_runtime, runtime_router
 from serve_apps.partners.deps import configure_partners
 from serve_apps.partners.routes import partners_router
 
 api = FastAPI(title="meterray monitoring", version="0.1.0",
-              description="Devices, their current values, the readings archive and interval consumption.")
+              description="Devices, their health, their current values, the readings archive and interval consumption.")
 api.include_router(devices_router)
+api.include_router(health_router)
 api.include_router(runtime_router)
 api.include_router(partners_router)  # the partners seed service's routes, served by the same ingress for now
 api.include_router(consumption_router)

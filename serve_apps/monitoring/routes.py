@@ -10,10 +10,19 @@ import asyncpg
 import orjson
 from fastapi import APIRouter, HTTPException, Query
 
-from meterray.domain import Quality
+from meterray.domain import DeviceStatus, Quality
 from meterray.quantities import QUANTITIES
 from serve_apps.deps import Db
-from serve_apps.monitoring.schemas import CurrentReadings, DeviceOut, DevicePage, ReadingHistory, ReadingOut
+from serve_apps.monitoring.schemas import (
+    CurrentReadings,
+    DeviceHealth,
+    DeviceOut,
+    DevicePage,
+    HealthSummary,
+    ReadingHistory,
+    ReadingOut,
+    Transition,
+)
 from storage.postgres import devices as device_repo
 from storage.postgres import readings as readings_repo
 
@@ -29,11 +38,13 @@ async def list_devices(
     db: Db,
     limit: Annotated[int, Query(ge=1, le=MAX_DEVICE_PAGE, description="devices per page")] = 100,
     cursor: Annotated[str | None, Query(description="`next_cursor` of the previous page; omit for the first")] = None,
+    status: Annotated[DeviceStatus | None, Query(description="only devices in this health status")] = None,
 ) -> DevicePage:
-    """Devices in id order, a page at a time (keyset paging: stable while devices come and go)."""
+    """Devices in id order, a page at a time (keyset paging: stable while devices come and go),
+    with their health; `status` keeps only the devices in that state."""
     after = _decode_cursor(cursor) if cursor else None
-    rows = await device_repo.list_devices(db, after, limit + 1)
-    page = [DeviceOut(**dict(r)) for r in rows[:limit]]
+    rows = await device_repo.list_devices(db, after, limit + 1, None if status is None else status.value)
+    page = [DeviceOut(**{**dict(r), "reasons": list(r["reasons"])}) for r in rows[:limit]]
     return DevicePage(devices=page, next_cursor=_encode_cursor(page[-1].id) if len(rows) > limit else None)
 
 
@@ -52,6 +63,31 @@ def _decode_cursor(cursor: str) -> str:
         pass
     raise HTTPException(422, "invalid cursor: pass the `next_cursor` of the previous page unchanged, "
                              "or omit `cursor` for the first page")
+
+
+@devices_router.get("/{device_id}/health", response_model=DeviceHealth)
+async def device_health(device_id: str, db: Db) -> DeviceHealth:
+    """The device's health as its device processor last stored it, and its latest transitions."""
+    await _require_device(db, device_id)
+    row, transitions = await device_repo.device_health(db, device_id)
+    history = [Transition(ts=t["ts"], status=t["status"], previous=t["previous"], reasons=list(t["reasons"]),
+                          reason=t["reason"]) for t in transitions]
+    if row is None:  # registered, nothing processed yet
+        return DeviceHealth(device_id=device_id, status="unknown", reasons=[], link="unknown", data="unknown",
+                            last_seen=None, last_success=None, consecutive_failures=0, error_ratio=0.0,
+                            clock_offset_s=None, updated_at=None, transitions=history)
+    return DeviceHealth(device_id=device_id, **{**dict(row), "reasons": list(row["reasons"])}, transitions=history)
+
+
+health_router = APIRouter(prefix="/api/v1/health", tags=["health"])
+
+
+@health_router.get("/summary", response_model=HealthSummary)
+async def health_summary(db: Db) -> HealthSummary:
+    """The fleet at a glance: registered devices per health status and per active reason."""
+    by_status, by_reason = await device_repo.health_summary(db)
+    counts = {s.value: by_status.get(s.value, 0) for s in DeviceStatus}
+    return HealthSummary(devices=sum(by_status.values()), by_status=counts, by_reason=by_reason)
 
 
 @devices_router.get("/{device_id}/readings/current", response_model=CurrentReadings)

@@ -16,6 +16,42 @@ class DeviceOut(BaseModel):
     last_failure_kind: str | None = None
     last_failure: str | None = None
     last_failure_at: datetime | None = None
+    reasons: list[str] = Field(default_factory=list, description="reason codes of the status, e.g. [\"timeout\"]")
+    link: str = Field("unknown", description="liveness of the link: unknown, up, down")
+    data: str = Field("unknown", description="freshness of the data: unknown, fresh, frozen, missing")
+    last_success: datetime | None = None
+
+
+class Transition(BaseModel):
+    ts: datetime
+    status: str
+    previous: str
+    reasons: list[str]
+    reason: str
+
+
+class DeviceHealth(BaseModel):
+    device_id: str
+    status: str = Field(description="unknown, online, degraded, stale or offline")
+    reasons: list[str] = Field(description="reason codes of the status (meterray.health.Reason)")
+    link: str = Field(description="liveness of the link: unknown, up (the last exchange succeeded), down")
+    data: str = Field(description="freshness of the data: unknown, fresh, frozen, missing")
+    last_seen: datetime | None = Field(description="the device last answered or reported")
+    last_success: datetime | None = Field(description="the last readings")
+    consecutive_failures: int
+    error_ratio: float = Field(description="share of failed polls, exponentially weighted over about 10")
+    clock_offset_s: float | None = Field(description="reading timestamp minus the time it was received")
+    last_failure_kind: str | None = None
+    last_failure: str | None = None
+    last_failure_at: datetime | None = None
+    updated_at: datetime | None = Field(None, description="when the device processor last stored this state")
+    transitions: list[Transition] = Field(description="status transitions, newest first (at most 50)")
+
+
+class HealthSummary(BaseModel):
+    devices: int
+    by_status: dict[str, int] = Field(description="devices per status, every status listed")
+    by_reason: dict[str, int] = Field(description="devices per active reason code")
 
 
 class DevicePage(BaseModel):

@@ -23,7 +23,16 @@ from typing import Any
 import msgspec
 import orjson
 
-from meterray.domain import DeviceEvent, DeviceStatus, FailureKind, PollFailure, Quality, ReadingBatch, Value
+from meterray.domain import (
+    DeviceEvent,
+    DeviceStatus,
+    FailureKind,
+    PollFailure,
+    Quality,
+    ReadingBatch,
+    StatusReport,
+    Value,
+)
 from meterray.quantities import QUANTITIES
 
 # Limits. A batch is one poll of one device: an SDM630 poll encodes to about 2 KB, so 64 KiB leaves
@@ -31,6 +40,7 @@ from meterray.quantities import QUANTITIES
 MAX_MESSAGE_BYTES = 64 * 1024
 MAX_DEVICE_ID_CHARS = 128
 MAX_SOURCE_CHARS = 256
+MAX_ERROR_CODE_CHARS = 64  # a partner's error code
 MAX_DETAIL_CHARS = 4096  # a failure's detail; shards send a few hundred characters at most
 MAX_VALUES = 256  # values per batch: a three-phase meter reports a few dozen quantities
 MAX_DEAD_LETTER_RAW_BYTES = 64 * 1024  # raw bytes kept in a dead letter (Kafka refuses records over ~1 MB)
@@ -63,30 +73,45 @@ class _WireFailure(msgspec.Struct, gc=False):
     detail: str = ""
 
 
+class _WireStatus(msgspec.Struct, gc=False, forbid_unknown_fields=True):
+    online: bool | None = None
+    error_code: str | None = None
+    battery_low: bool | None = None
+    tamper: bool | None = None
+    meter_replaced: bool | None = None
+
+
 class _WireRecord(msgspec.Struct, gc=False):
-    """A record as it travels; `values` (a reading batch) or `failure` (a poll failure)."""
+    """A record as it travels; `values` (a reading batch), `failure` (a poll failure) or `status` (a
+    device status a partner reported)."""
 
     device_id: str
     ts: int
     source: str = ""
     values: list[Value] | msgspec.UnsetType = msgspec.UNSET  # UNSET, not None: `null` is refused
     failure: _WireFailure | msgspec.UnsetType = msgspec.UNSET
+    status: _WireStatus | msgspec.UnsetType = msgspec.UNSET
 
 
 _decoder = msgspec.json.Decoder(_WireRecord)
 _encoder = msgspec.json.Encoder()
 _FAILURE_KINDS = {k.value: k for k in FailureKind}
+_STATUS_FIELDS = ("online", "error_code", "battery_low", "tamper", "meter_replaced")
 
 
-def encode(item: ReadingBatch | PollFailure) -> bytes:
+def encode(item: ReadingBatch | PollFailure | StatusReport) -> bytes:
     if isinstance(item, ReadingBatch):
         return _encoder.encode({"device_id": item.device_id, "ts": item.ts_ms, "source": item.source,
                                 "values": item.values})
+    if isinstance(item, StatusReport):
+        status = {k: getattr(item, k) for k in _STATUS_FIELDS if getattr(item, k) is not None}
+        return _encoder.encode({"device_id": item.device_id, "ts": item.ts_ms, "source": item.source,
+                                "status": status})
     return _encoder.encode({"device_id": item.device_id, "ts": item.ts_ms, "source": item.source,
                             "failure": {"kind": item.kind.value, "detail": item.detail}})
 
 
-def decode(raw: bytes | None, now_ms: int | None = None) -> ReadingBatch | PollFailure:
+def decode(raw: bytes | None, now_ms: int | None = None) -> ReadingBatch | PollFailure | StatusReport:
     """Parse and validate one record; `now_ms` (default: the clock) sets the timestamp window."""
     if raw is not None and 0 < len(raw) <= MAX_MESSAGE_BYTES:
         try:
@@ -101,13 +126,21 @@ def decode(raw: bytes | None, now_ms: int | None = None) -> ReadingBatch | PollF
     raise CodecError("refused by the record schema")  # _explain raises first; this only guards a gap between them
 
 
-def _accept(rec: _WireRecord, now_ms: int) -> ReadingBatch | PollFailure | None:
+def _accept(rec: _WireRecord, now_ms: int) -> ReadingBatch | PollFailure | StatusReport | None:
     """The checks types cannot express; None when any fails (the slow path then says which)."""
     device_id, source = rec.device_id, rec.source
     if (not device_id or len(device_id) > MAX_DEVICE_ID_CHARS or _CONTROL.search(device_id)
             or len(source) > MAX_SOURCE_CHARS or _CONTROL.search(source)
             or not MIN_TS_MS <= rec.ts <= now_ms + MAX_AHEAD_MS):
         return None
+    status = rec.status
+    if status is not msgspec.UNSET:
+        code = status.error_code
+        if (rec.values is not msgspec.UNSET or rec.failure is not msgspec.UNSET
+                or (code is not None and (len(code) > MAX_ERROR_CODE_CHARS or _CONTROL.search(code)))):
+            return None
+        return StatusReport(device_id, rec.ts, source, status.online, code, status.battery_low, status.tamper,
+                            status.meter_replaced)
     failure = rec.failure
     if failure is not msgspec.UNSET:
         kind = _FAILURE_KINDS.get(failure.kind)
@@ -156,7 +189,9 @@ def _explain(raw: bytes | None, now_ms: int | None) -> None:
         raise CodecError(f"ts {ts} is outside the accepted window (2000-01-01T00:00Z to 24 h from now, "
                          f"{now + MAX_AHEAD_MS}): not epoch milliseconds, or a clock fault")
     _text(doc, "source", MAX_SOURCE_CHARS)
-    if "failure" in doc:
+    if "status" in doc:
+        _explain_status(doc["status"], "values" in doc or "failure" in doc)
+    elif "failure" in doc:
         _explain_failure(doc["failure"], "values" in doc)
     else:
         _explain_values(doc.get("values"))
@@ -172,6 +207,21 @@ def _explain_failure(f: Any, has_values: bool) -> None:
     _text(f, "detail", MAX_DETAIL_CHARS, free_text=True)
     if has_values:
         raise CodecError("a record holds either values or a failure, not both")
+
+
+def _explain_status(st: Any, has_other: bool) -> None:
+    if not isinstance(st, dict):
+        raise CodecError(f"status must be an object, got {_kind(st)}")
+    for key, value in st.items():
+        if key not in _STATUS_FIELDS:
+            raise CodecError(f"status: unknown field {str(key)[:40]!r} (known: {', '.join(_STATUS_FIELDS)})")
+        if key == "error_code":
+            if value is not None:
+                _text(st, key, MAX_ERROR_CODE_CHARS)
+        elif value is not None and not isinstance(value, bool):
+            raise CodecError(f"status: {key} must be true, false or null, got {_kind(value)}")
+    if has_other:
+        raise CodecError("a record holds one of values, failure or status, not two")
 
 
 def _explain_values(raw_values: Any) -> None:
@@ -273,6 +323,7 @@ def encode_event(event: DeviceEvent) -> bytes:
             "status": event.status.value,
             "previous": event.previous.value,
             "reason": event.reason,
+            "reasons": list(event.reasons),
         }
     )
 
@@ -280,5 +331,6 @@ def encode_event(event: DeviceEvent) -> bytes:
 def decode_event(raw: bytes) -> DeviceEvent:
     d = orjson.loads(raw)
     return DeviceEvent(
-        d["device_id"], d["ts"], d["kind"], DeviceStatus(d["status"]), DeviceStatus(d["previous"]), d["reason"]
+        d["device_id"], d["ts"], d["kind"], DeviceStatus(d["status"]), DeviceStatus(d["previous"]), d["reason"],
+        tuple(d.get("reasons", ())),
     )

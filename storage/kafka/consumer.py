@@ -158,6 +158,33 @@ class AsyncConsumer:
             self._reported.add(err.code())
             log.warning("Kafka consumer: %s (transient, will keep trying)", err)
 
+    def lag(self, topic: str, partition: int, committed: int | None = None) -> int | None:
+        """Messages of an assigned partition not consumed yet, from the high watermark librdkafka caches
+        with every fetch (no broker call); None while unknown (nothing fetched yet). `committed`: the
+        position to assume while nothing has been consumed since the assignment (else the earliest,
+        as `auto.offset.reset` says)."""
+        tp = TopicPartition(topic, partition)
+        try:
+            low, high = self._consumer.get_watermark_offsets(tp, cached=True)
+            position = self._consumer.position([tp])[0].offset
+        except (KafkaException, RuntimeError):
+            return None
+        if position < 0:  # nothing consumed since the assignment: the committed offset, else the earliest
+            position = committed if committed is not None else low if low >= 0 else 0 if high == 0 else -1
+        if high < 0 or position < 0:
+            return None
+        return max(0, high - position)
+
+    async def committed(self, partitions: Sequence[tuple[str, int]],
+                        timeout_s: float = 5.0) -> dict[tuple[str, int], int]:
+        """The group's committed offsets of `partitions` (a broker call, in a worker thread)."""
+        tps = [TopicPartition(t, p) for t, p in partitions]
+        try:
+            found = await asyncio.to_thread(self._consumer.committed, tps, timeout_s)
+        except (KafkaException, RuntimeError):
+            return {}
+        return {(tp.topic, tp.partition): tp.offset for tp in found if tp.offset >= 0}
+
     def owned(self) -> Owned:
         """A snapshot of the current assignment and its epochs; compare later with `still_owned`."""
         return dict(self._epochs)

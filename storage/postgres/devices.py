@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 from collections.abc import Collection, Iterable, Sequence
+from datetime import datetime, timezone
 from typing import Any
 
 import asyncpg
@@ -9,7 +10,7 @@ import orjson
 
 from meterray.config import validate_connections
 from meterray.device_state import DeviceCheckpoint
-from meterray.domain import DeviceSpec, ModbusConnection
+from meterray.domain import DeviceEvent, DeviceSpec, ModbusConnection
 
 CONFIG_CHANNEL = "meterray_devices_changed"  # NOTIFY'd by triggers on devices.connections / devices.devices
 
@@ -107,23 +108,74 @@ async def _upsert(conn: asyncpg.Connection, connections: Sequence[ModbusConnecti
 
 
 async def list_devices(conn: asyncpg.Connection | asyncpg.Pool, after: str | None = None,
-                       limit: int | None = None) -> list[asyncpg.Record]:
-    """Devices in id order; keyset paging: those with an id after `after`, at most `limit`."""
+                       limit: int | None = None, status: str | None = None) -> list[asyncpg.Record]:
+    """Devices in id order; keyset paging: those with an id after `after`, at most `limit`; only
+    those in `status` if given (a device without a checkpoint is 'unknown')."""
     return await conn.fetch(
         """
         SELECT d.id, d.name, d.protocol, d.profile, s.last_seen, coalesce(s.status, 'unknown') AS status,
-               s.last_failure_kind, s.last_failure, s.last_failure_at
+               s.last_failure_kind, s.last_failure, s.last_failure_at, coalesce(s.reasons, '{}') AS reasons,
+               coalesce(s.link, 'unknown') AS link, coalesce(s.data, 'unknown') AS data, s.last_success
         FROM devices.devices d LEFT JOIN devices.device_state s ON s.device_id = d.id
-        WHERE $1::text IS NULL OR d.id > $1
+        WHERE ($1::text IS NULL OR d.id > $1) AND ($3::text IS NULL OR coalesce(s.status, 'unknown') = $3)
         ORDER BY d.id
         LIMIT $2
         """,
-        after, limit,
+        after, limit, status,
+    )
+
+
+async def device_health(conn: asyncpg.Connection | asyncpg.Pool, device_id: str,
+                        history: int = 50) -> tuple[asyncpg.Record | None, list[asyncpg.Record]]:
+    """A device's health (None without a checkpoint) and its latest transitions, newest first."""
+    row = await conn.fetchrow(
+        """
+        SELECT status, reasons, link, data, last_seen, last_success, consecutive_failures, error_ratio,
+               clock_offset_s, last_failure_kind, last_failure, last_failure_at, updated_at
+        FROM devices.device_state WHERE device_id = $1
+        """,
+        device_id,
+    )
+    transitions = await conn.fetch(
+        "SELECT ts, status, previous, reasons, reason FROM devices.health_transitions WHERE device_id = $1"
+        " ORDER BY ts DESC, status LIMIT $2",
+        device_id, history,
+    )
+    return row, transitions
+
+
+async def health_summary(conn: asyncpg.Connection | asyncpg.Pool) -> tuple[dict[str, int], dict[str, int]]:
+    """The fleet: registered devices by status, and by active reason."""
+    by_status = await conn.fetch(
+        "SELECT coalesce(s.status, 'unknown') AS status, count(*) AS n FROM devices.devices d"
+        " LEFT JOIN devices.device_state s ON s.device_id = d.id GROUP BY 1"
+    )
+    by_reason = await conn.fetch(
+        "SELECT r AS reason, count(*) AS n FROM devices.devices d JOIN devices.device_state s ON s.device_id = d.id,"
+        " unnest(s.reasons) AS r GROUP BY 1"
+    )
+    return {r["status"]: r["n"] for r in by_status}, {r["reason"]: r["n"] for r in by_reason}
+
+
+async def device_schedule(conn: asyncpg.Connection | asyncpg.Pool) -> list[asyncpg.Record]:
+    """Every registered device with when it was registered and its poll interval (None: not polled),
+    for the device processor's health timing and its sweep over silent devices."""
+    return await conn.fetch(
+        "SELECT d.id, d.created_at, c.poll_interval_s FROM devices.devices d"
+        " LEFT JOIN devices.connections c ON c.id = d.connection_id"
     )
 
 
 async def get_device(conn: asyncpg.Connection | asyncpg.Pool, device_id: str) -> asyncpg.Record | None:
     return await conn.fetchrow("SELECT id, name, protocol, profile FROM devices.devices WHERE id = $1", device_id)
+
+
+_STATE_COLUMNS = ("device_id", "status", "last_seen", "last_failure_kind", "last_failure", "last_failure_at",
+                  "consecutive_failures", "counters", "source_partition", "source_offset", "source_topic", "reasons",
+                  "link", "data", "last_success", "error_ratio", "clock_offset_s", "memory", "swept_at")
+_STATE_TYPES = ("text", "text", "timestamptz", "text", "text", "timestamptz", "integer", "text", "integer", "bigint",
+                "text", "text", "text", "text", "timestamptz", "double precision", "double precision", "text",
+                "timestamptz")
 
 
 async def load_states(
@@ -132,7 +184,8 @@ async def load_states(
     rows = await conn.fetch(
         """
         SELECT device_id, status, last_seen, last_failure_kind, last_failure, last_failure_at,
-               consecutive_failures, counters::text AS counters, source_partition, source_offset, source_topic
+               consecutive_failures, counters::text AS counters, source_partition, source_offset, source_topic,
+               reasons, link, data, last_success, error_ratio, clock_offset_s, memory::text AS memory, swept_at
         FROM devices.device_state WHERE device_id = ANY($1::text[])
         """,
         list(device_ids),
@@ -141,55 +194,91 @@ async def load_states(
         r["device_id"]: DeviceCheckpoint(
             r["device_id"], r["status"], r["last_seen"], r["last_failure_kind"], r["last_failure"],
             r["last_failure_at"], r["consecutive_failures"], orjson.loads(r["counters"]),
-            r["source_partition"], r["source_offset"], r["source_topic"],
+            r["source_partition"], r["source_offset"], r["source_topic"], tuple(r["reasons"]), r["link"], r["data"],
+            r["last_success"], r["error_ratio"], r["clock_offset_s"], orjson.loads(r["memory"]), r["swept_at"],
         )
         for r in rows
     }
 
 
-async def save_states(conn: asyncpg.Connection | asyncpg.Pool, states: Iterable[DeviceCheckpoint]) -> None:
-    """Upsert checkpoints (one per device; the last wins). A checkpoint never moves back on its topic
-    partition: a processor that lost the device's partition in a rebalance and saves late cannot
-    overwrite its successor's newer state.
+async def save_states(conn: asyncpg.Connection | asyncpg.Pool, states: Iterable[DeviceCheckpoint],
+                      transitions: Sequence[DeviceEvent] = ()) -> None:
+    """Upsert checkpoints (one per device; the last wins), and record status transitions. A checkpoint
+    never moves back on its topic partition: a processor that lost the device's partition in a
+    rebalance and saves late cannot overwrite its successor's newer state. At the same position, a
+    checkpoint of a later inactivity sweep (`swept_at`) replaces an earlier one.
 
     One statement over arrays, not `executemany`: a processor checkpoints every device it touched in
     each batch (2,000 a second at 2,000 meters/s), and one statement costs PostgreSQL a fraction of
-    as many single-row executions.
+    as many single-row executions. Reasons travel as one comma-joined text per row (PostgreSQL
+    cannot unnest an array of arrays into rows of arrays).
     """
     latest = {s.device_id: s for s in states}
-    if not latest:
+    if not latest and not transitions:
         return
-    columns: list[list[Any]] = [[] for _ in range(11)]
-    for s in latest.values():
-        for column, value in zip(columns, (
-                s.device_id, s.status, s.last_seen, s.last_failure_kind, s.last_failure, s.last_failure_at,
-                s.consecutive_failures, orjson.dumps(s.counters).decode(), s.source_partition, s.source_offset,
-                s.source_topic), strict=True):
-            column.append(value)
-    await conn.execute(
-        """
-        INSERT INTO devices.device_state AS s (device_id, status, last_seen, last_failure_kind, last_failure,
-            last_failure_at, consecutive_failures, counters, source_partition, source_offset, source_topic,
-            updated_at)
+    rows = list(latest.values())
+    # Column by column (one comprehension each runs in C), not row by row: 2,000 rows a second.
+    columns: list[list[Any]] = [
+        [s.device_id for s in rows], [s.status for s in rows], [s.last_seen for s in rows],
+        [s.last_failure_kind for s in rows], [s.last_failure for s in rows], [s.last_failure_at for s in rows],
+        [s.consecutive_failures for s in rows], [orjson.dumps(s.counters).decode() for s in rows],
+        [s.source_partition for s in rows], [s.source_offset for s in rows], [s.source_topic for s in rows],
+        [",".join(s.reasons) for s in rows], [s.link for s in rows], [s.data for s in rows],
+        [s.last_success for s in rows], [s.error_ratio for s in rows], [s.clock_offset_s for s in rows],
+        [orjson.dumps(s.memory).decode() for s in rows], [s.swept_at for s in rows],
+    ]
+    assert len(columns) == len(_STATE_COLUMNS)
+    unnest = ", ".join(f"${i + 1}::{t}[]" for i, t in enumerate(_STATE_TYPES))
+    names = ", ".join(_STATE_COLUMNS)
+    updates = ", ".join(f"{c} = excluded.{c}" for c in _STATE_COLUMNS[1:])
+    statement = f"""
+        INSERT INTO devices.device_state AS s ({names}, updated_at)
         SELECT device_id, status, last_seen, last_failure_kind, last_failure, last_failure_at,
-            consecutive_failures, counters::jsonb, source_partition, source_offset, source_topic, now()
-        FROM unnest($1::text[], $2::text[], $3::timestamptz[], $4::text[], $5::text[], $6::timestamptz[],
-                    $7::integer[], $8::text[], $9::integer[], $10::bigint[], $11::text[])
-            AS t (device_id, status, last_seen, last_failure_kind, last_failure, last_failure_at,
-                  consecutive_failures, counters, source_partition, source_offset, source_topic)
-        ON CONFLICT (device_id) DO UPDATE SET status = excluded.status, last_seen = excluded.last_seen,
-            last_failure_kind = excluded.last_failure_kind, last_failure = excluded.last_failure,
-            last_failure_at = excluded.last_failure_at, consecutive_failures = excluded.consecutive_failures,
-            counters = excluded.counters, source_partition = excluded.source_partition,
-            source_offset = excluded.source_offset, source_topic = excluded.source_topic, updated_at = now()
+            consecutive_failures, counters::jsonb, source_partition, source_offset, source_topic,
+            coalesce(string_to_array(nullif(reasons, ''), ','), '{{}}'), link, data, last_success, error_ratio,
+            clock_offset_s,
+            memory::jsonb, swept_at, now()
+        FROM unnest({unnest}) AS t ({names})
+        ON CONFLICT (device_id) DO UPDATE SET {updates}, updated_at = now()
         WHERE s.source_offset IS NULL OR excluded.source_offset IS NULL
             OR s.source_partition IS DISTINCT FROM excluded.source_partition
             OR (s.source_topic IS NOT NULL AND excluded.source_topic IS NOT NULL
                 AND s.source_topic <> excluded.source_topic)
             OR excluded.source_offset > s.source_offset
-        """,
-        *columns,
-    )
+            OR (excluded.source_offset = s.source_offset AND excluded.source_partition = s.source_partition
+                AND excluded.swept_at > coalesce(s.swept_at, '-infinity'))
+        """
+    if not transitions:
+        await conn.execute(statement, *columns)
+        return
+    if isinstance(conn, asyncpg.Pool):
+        async with conn.acquire() as c:
+            await _save_with_transitions(c, statement, columns, transitions)
+    else:
+        await _save_with_transitions(conn, statement, columns, transitions)
+
+
+async def _save_with_transitions(conn: asyncpg.Connection, statement: str, columns: list[list[Any]],
+                                 transitions: Sequence[DeviceEvent]) -> None:
+    async with conn.transaction():
+        if columns[0]:
+            await conn.execute(statement, *columns)
+        await conn.execute(
+            """
+            INSERT INTO devices.health_transitions (device_id, ts, status, previous, reasons, reason)
+            SELECT device_id, ts, status, previous, coalesce(string_to_array(nullif(reasons, ''), ','), '{}'), reason
+            FROM unnest($1::text[], $2::timestamptz[], $3::text[], $4::text[], $5::text[], $6::text[])
+                AS t (device_id, ts, status, previous, reasons, reason)
+            ON CONFLICT DO NOTHING
+            """,
+            [e.device_id for e in transitions], [_dt(e.ts_ms) for e in transitions],
+            [e.status.value for e in transitions], [e.previous.value for e in transitions],
+            [",".join(e.reasons) for e in transitions], [e.reason for e in transitions],
+        )
+
+
+def _dt(ms: int) -> datetime:
+    return datetime.fromtimestamp(ms / 1000, tz=timezone.utc)
 
 
 async def registered_device_ids(conn: asyncpg.Connection | asyncpg.Pool,

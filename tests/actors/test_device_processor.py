@@ -58,7 +58,8 @@ async def test_failures_only_batch_updates_state_publishes_events_and_dead_lette
     s = own
     await register(s.pg_dsn, "proc-a", "proc-b")
     now = int(time.time() * 1000)
-    await _produce(s, [_failure("proc-a", now + i * 1000) for i in range(3)])
+    # Three failed polls 10 s apart (the device polls every 5 s: offline after 15 s and two failed cycles).
+    await _produce(s, [_failure("proc-a", now + i * 10_000) for i in range(3)])
     async with AsyncProducer(s.kafka_bootstrap) as p:
         await p.send_many([(s.topic(topics.READINGS_RAW), 0, b"junk", b"\x00 definitely not json")])
 

@@ -17,6 +17,7 @@ import orjson
 import ray
 
 from meterray.app.demo import manifest_connections
+from meterray.domain import Quality
 from meterray.settings import Settings
 from storage.kafka import codec, topics
 from storage.kafka.producer import AsyncProducer
@@ -24,6 +25,7 @@ from tests.conftest import POLL_INTERVAL_S, wait_for
 from tests.pipeline.helpers import read_topic, sql
 
 STAGES = ("device-processor", "pg-writer")
+_UNKNOWN_BIT = 1 << max(f.value for f in Quality).bit_length()  # the first bit no Quality flag uses
 
 
 def _crafted(device_id: str, now_ms: int, tag: str) -> list[tuple[bytes, str]]:
@@ -52,7 +54,7 @@ def _crafted(device_id: str, now_ms: int, tag: str) -> list[tuple[bytes, str]]:
         (doc(device_id=f"ghost-{tag}"), f"unknown device 'ghost-{tag}': not registered in devices.devices"),
         (doc(values=[["1-0:1.8.0", 1.0, None, 0]]), "unit of 1-0:1.8.0 must be a string, got null"),
         (doc(values=[["1-0:99.99.0", 1.0, "kWh", 0]]), "unknown OBIS quantity '1-0:99.99.0'"),
-        (doc(values=[["1-0:1.8.0", 1.0, "kWh", 1 << 12]]), "unknown quality flag bits 0x1000"),
+        (doc(values=[["1-0:1.8.0", 1.0, "kWh", _UNKNOWN_BIT]]), f"unknown quality flag bits {_UNKNOWN_BIT:#x}"),
         (orjson.dumps([tag]), "message must be a JSON object, got array"),
     ]
 
@@ -82,8 +84,7 @@ def test_poison_records_are_dead_lettered_once_and_the_stream_goes_on(runtime: d
     wait_for(lambda: sql(s.pg_dsn, "SELECT count(DISTINCT device_id) AS n FROM monitoring.readings_current"
                                    " WHERE device_id = ANY($1::text[])", ids)[0]["n"] == len(ids),
              90, "every meter to report")
-    before = _stages(supervisor)
-    assert all(c["restarts"] == 0 for c in before.values()), before
+    before = _stages(supervisor)  # an earlier test may have killed a stage on purpose (test_health)
 
     start_ms = int(time.time() * 1000) + 1000
     time.sleep(3 * POLL_INTERVAL_S)  # poison arrives in the middle of the window, not at its edge
@@ -123,7 +124,9 @@ def test_poison_records_are_dead_lettered_once_and_the_stream_goes_on(runtime: d
         assert d["stage"] == ("device-processor" if d["topic"] == s.topic(topics.READINGS_RAW) else "pg-writer")
     big = [d for d in mine if d.get("raw_truncated")]
     assert len(big) == 2 and all(d["raw_bytes"] > 1_000_000 for d in big)
-    others = [d for d in _dead_letters(s) if d.get("stage") in STAGES and (d.get("topic"), d["raw"]) not in expected]
+    # No record of the polled meters was dead-lettered (other tests dead-letter records of their own devices).
+    others = [d for d in _dead_letters(s) if d.get("stage") in STAGES and (d.get("topic"), d["raw"]) not in expected
+              and any(i.encode() in d["raw"] for i in ids)]
     assert others == [], f"stages dead-lettered records nobody crafted: {[d['reason'] for d in others][:5]}"
 
     # 2. Every poll slot of every meter in the window is in PostgreSQL, each with all its quantities.
@@ -151,6 +154,6 @@ def test_poison_records_are_dead_lettered_once_and_the_stream_goes_on(runtime: d
     # 3. The stages never stopped: same processes, no restarts, and they dead-lettered what they say.
     after = _stages(supervisor)
     for role in STAGES:
-        assert after[role]["restarts"] == 0, after[role]
+        assert after[role]["restarts"] == before[role]["restarts"], after[role]
         assert after[role]["last_ping"]["pid"] == before[role]["last_ping"]["pid"], f"{role} was replaced"
         assert after[role]["last_ping"]["dead_letters"] >= len(crafted[topics.READINGS]) - 1

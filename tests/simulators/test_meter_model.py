@@ -191,3 +191,13 @@ def test_no_value_fault_reports_the_vendor_pattern_for_the_chosen_quantities() -
     assert sdm.read(4, 0x0046, 2, t)[0] & 0x7F80 == 0x7F80  # frequency: a NaN float
     sdm.set_fault(Fault.NONE, t)
     assert sdm.no_value == frozenset()
+
+
+def test_frozen_fault_keeps_answering_the_values_of_the_moment_of_the_fault() -> None:
+    m = _meter()
+    t = MONDAY + 12 * 3600
+    before = m.read(4, 0, 80, t)
+    m.set_fault(Fault.FROZEN, t + 0.5)
+    assert m.read(4, 0, 80, t + 10) == before  # ten seconds later: the same words, voltage and energy alike
+    m.set_fault(Fault.NONE, t + 20)
+    assert m.read(4, 0, 80, t + 20) != before
