@@ -9,10 +9,13 @@ from typing import Any
 import ray
 from ray import serve
 
+from meterray.placement import local_node_resources
 from meterray.settings import Settings
 from serve_apps.monitoring.runtime import ConsumerGroup, RuntimeSources
 
 log = logging.getLogger(__name__)
+
+HEAD_RESOURCE = "node:__internal_head__"  # Ray gives the head node this resource (ray._common.constants)
 
 
 def init_ray(settings: Settings, *, dashboard: bool = True) -> None:
@@ -27,6 +30,7 @@ def init_ray(settings: Settings, *, dashboard: bool = True) -> None:
         return
     ray.init(
         num_cpus=settings.ray_num_cpus,
+        resources=local_node_resources(settings),  # one node runs every actor (meterray.placement)
         namespace=settings.ray_namespace,
         include_dashboard=dashboard,
         dashboard_host="127.0.0.1",
@@ -62,10 +66,21 @@ def start_ingestion(settings: Settings) -> Any:
 
     # The namespace explicitly: a Serve replica (serve_entry.ingestion) runs in Serve's own namespace.
     options = {"name": SUPERVISOR_NAME, "namespace": settings.ray_namespace, "lifetime": "detached",
-               "get_if_exists": True}
+               "get_if_exists": True, "scheduling_strategy": on_the_head()}
     supervisor = Supervisor.options(**options).remote(settings)  # type: ignore[attr-defined]
     ray.get(supervisor.start.remote())
     return supervisor
+
+
+def on_the_head() -> Any:
+    """The supervisor runs on the head, next to GCS and Serve's controller: it is control only (a ping a
+    second per child, one LISTEN connection), and a worker node that dies then takes only its own
+    actors with it, which the supervisor replaces. Soft: if the head is gone (a restart on
+    Kubernetes with GCS fault tolerance), Ray restarts it on any node rather than not at all."""
+    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+    heads = [n["NodeID"] for n in ray.nodes() if n["Alive"] and HEAD_RESOURCE in n.get("Resources", {})]
+    return NodeAffinitySchedulingStrategy(heads[0], soft=True) if heads else "DEFAULT"
 
 
 def runtime_sources(settings: Settings) -> RuntimeSources:

@@ -12,8 +12,9 @@ READINGS_RAW = "readings.raw"  # source shards → device processors
 READINGS = "readings"  # validated readings with quality flags → sink writers
 DEVICE_EVENTS = "device-events"  # device state transitions → notifier
 READINGS_DLQ = "readings.dlq"  # input that cannot be decoded, with reason and raw bytes
+AUDIT = "audit"  # process events: actors started, stopped, restarted, reconfigurations (actors/audit.py)
 
-ALL_TOPICS = (READINGS_RAW, READINGS, DEVICE_EVENTS, READINGS_DLQ)
+ALL_TOPICS = (READINGS_RAW, READINGS, DEVICE_EVENTS, READINGS_DLQ, AUDIT)
 
 
 def partition_for(device_id: str, partitions: int) -> int:
