@@ -16,7 +16,7 @@ from typing import Any
 import orjson
 
 # Fields a log call may give through `extra=`, carried into the JSON line when present.
-CONTEXT_FIELDS = ("device_id", "connection_id", "actor", "group", "topic", "partition")
+CONTEXT_FIELDS = ("device_id", "connection_id", "group", "topic", "partition")
 
 
 class JsonFormatter(logging.Formatter):

@@ -55,8 +55,9 @@ def consumer_lag() -> metrics.Gauge:
 
 @cache
 def devices() -> metrics.Gauge:
+    # `namespace`: the runtime's Ray namespace, so two runtimes on one cluster do not overwrite each other.
     return metrics.Gauge("meterray_devices", "Registered devices per health status (unknown, online, degraded, "
-                                             "offline)", tag_keys=("status",))
+                                             "offline)", tag_keys=("namespace", "status"))
 
 
 @cache

@@ -46,7 +46,7 @@ async def export_once(settings: Settings) -> None:
     finally:
         await conn.close()
     for status in sorted(set(STATUSES) | counts.keys()):
-        metrics.devices().set(counts.get(status, 0), tags={"status": status})
+        metrics.devices().set(counts.get(status, 0), tags={"namespace": settings.ray_namespace, "status": status})
 
 
 async def export_forever(settings: Settings, interval_s: float = EXPORT_INTERVAL_S) -> None:

@@ -283,7 +283,7 @@ class Supervisor:
             return
         except (ray.exceptions.RayActorError, asyncio.TimeoutError, RuntimeError, AssertionError) as err:
             reason = f"{type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}"
-        log.warning("%s is gone (%s); starting a replacement", child.name, reason, extra={"actor": child.name})
+        log.warning("%s is gone (%s); starting a replacement", child.name, reason)
         if child.handle is not None:
             ray.kill(child.handle, no_restart=True)
         child.restarts += 1

@@ -7,7 +7,7 @@ The rule (README "Placement on a Ray cluster"):
   1000 of them (its CPU, not this count, is the real limit: see connections_per_shard);
 - every Serve replica asks for `serve_resource_per_replica` of `serve_resource` (default 1 of `serve`):
   the HTTP replicas run on the serve nodes, where Serve's proxies then serve HTTP;
-- the supervisor (control only) runs on the head when the head is alive (meterray.app.runtime);
+- the supervisor (control only) runs on the head (meterray.app.runtime.on_the_head);
 - a head started with `--num-cpus 0` and neither resource runs no work.
 A local Ray (`meterray demo`, the tests) advertises both resources, so one node runs everything.
 

@@ -66,21 +66,19 @@ def start_ingestion(settings: Settings) -> Any:
 
     # The namespace explicitly: a Serve replica (serve_entry.ingestion) runs in Serve's own namespace.
     options = {"name": SUPERVISOR_NAME, "namespace": settings.ray_namespace, "lifetime": "detached",
-               "get_if_exists": True, "scheduling_strategy": on_the_head()}
+               "get_if_exists": True, "resources": on_the_head()}
     supervisor = Supervisor.options(**options).remote(settings)  # type: ignore[attr-defined]
     ray.get(supervisor.start.remote())
     return supervisor
 
 
-def on_the_head() -> Any:
+def on_the_head() -> dict[str, float]:
     """The supervisor runs on the head, next to GCS and Serve's controller: it is control only (a ping a
     second per child, one LISTEN connection), and a worker node that dies then takes only its own
-    actors with it, which the supervisor replaces. Soft: if the head is gone (a restart on
-    Kubernetes with GCS fault tolerance), Ray restarts it on any node rather than not at all."""
-    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
-
-    heads = [n["NodeID"] for n in ray.nodes() if n["Alive"] and HEAD_RESOURCE in n.get("Resources", {})]
-    return NodeAffinitySchedulingStrategy(heads[0], soft=True) if heads else "DEFAULT"
+    actors with it, which the supervisor replaces. Asked for as a sliver of the resource Ray gives every
+    head (as Ray Train places its state actor): a restarted head (Kubernetes, GCS fault tolerance) has it
+    again, where an affinity to the old head's node id would place the supervisor nowhere or anywhere."""
+    return {HEAD_RESOURCE: 0.001}
 
 
 def runtime_sources(settings: Settings) -> RuntimeSources:

@@ -68,13 +68,13 @@ def _provoke_dead_letter_and_restart(settings: Settings) -> None:
     ray.kill(ray.get_actor("pg-writer-0", namespace=settings.ray_namespace), no_restart=True)
 
 
-def test_the_dashboard_queries_only_exported_series_by_their_labels(runtime: dict[str, Any]) -> None:
+def test_the_dashboard_queries_only_exported_series_by_their_labels(ops_runtime: dict[str, Any]) -> None:
     exprs = _expressions()
     queried = {name for e in exprs for name in SERIES.findall(e)}
     assert REQUIRED <= queried, REQUIRED - queried
     assert all(SERIES.search(e) for e in exprs), [e for e in exprs if not SERIES.search(e)]
 
-    _provoke_dead_letter_and_restart(runtime["settings"])
+    _provoke_dead_letter_and_restart(ops_runtime["settings"])
     port = _metrics_port()
     # Ray's agent exports every 10 s; the supervisor's gauges refresh every 10 s too.
     exported = wait_for(lambda: (lambda s: s if queried <= s.keys() else None)(_scrape(port)), 120,
@@ -86,8 +86,8 @@ def test_the_dashboard_queries_only_exported_series_by_their_labels(runtime: dic
         assert labels <= carried, (expr, labels - carried)
 
 
-def test_lag_and_device_gauges_carry_the_runtimes_groups_partitions_and_states(runtime: dict[str, Any]) -> None:
-    settings: Settings = runtime["settings"]
+def test_lag_and_device_gauges_carry_the_runtimes_groups_partitions_and_states(ops_runtime: dict[str, Any]) -> None:
+    settings: Settings = ops_runtime["settings"]
     port = _metrics_port()
 
     def lines() -> list[str] | None:
@@ -95,16 +95,25 @@ def test_lag_and_device_gauges_carry_the_runtimes_groups_partitions_and_states(r
             text = resp.read().decode()
         found = [x for x in text.splitlines() if x.startswith(("ray_meterray_consumer_lag_records{",
                                                                "ray_meterray_devices{"))]
-        return found if any("online" in x for x in found) else None
+        mine = any(f'group="{settings.kafka_topic_prefix}' in x for x in found)
+        return found if mine and _online(found, settings) == len(ops_runtime["manifest"]) else None
     found = wait_for(lines, 120, "the lag and device gauges", every_s=2.0)
     assert isinstance(found, list)
     lag = [x for x in found if x.startswith("ray_meterray_consumer_lag_records{")]
+    # The session's runtime exports its own groups too: these are this pipeline's (its topic prefix).
+    lag = [x for x in lag if f'group="{settings.kafka_topic_prefix}' in x]
     groups = {re.search(r'group="([^"]+)"', x)[1] for x in lag}  # type: ignore[index]
     assert groups == {settings.topic("meterray-device-processor"), settings.topic("meterray-pg-writer")}
     partitions = {re.search(r'partition="([^"]+)"', x)[1] for x in lag}  # type: ignore[index]
     assert partitions == {str(p) for p in range(settings.kafka_partitions)}
-    online = [x for x in found if x.startswith("ray_meterray_devices{") and 'status="online"' in x]
-    assert online and float(online[0].rsplit(" ", 1)[1]) >= 1
+    assert _online(found, settings) == len(ops_runtime["manifest"])  # every meter of this pipeline online
+
+
+def _online(lines: list[str], settings: Settings) -> float | None:
+    """This runtime's count of online devices (its Ray namespace), from the scraped lines."""
+    mine = [x for x in lines if x.startswith("ray_meterray_devices{") and 'status="online"' in x
+            and f'namespace="{settings.ray_namespace}"' in x]
+    return float(mine[0].rsplit(" ", 1)[1]) if mine else None
 
 
 @pytest.mark.parametrize("path", [DASHBOARD])
