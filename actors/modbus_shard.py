@@ -235,7 +235,8 @@ class ModbusShardCore:
                 self._publish([], [self._failure(d, slot, conn, kind, r) for d, r in reasons.items()], [], conn,
                               slot, time.perf_counter())
             except Exception as err:  # reporting must never end this connection's task (nor the shard)
-                log.warning("%s: could not publish the %s failures: %s", conn.connection_id, kind, err)
+                log.warning("%s: could not publish the %s failures: %s", conn.connection_id, kind, err,
+                            extra={"connection_id": conn.connection_id})
             if once:
                 return
             await asyncio.sleep(0.001)  # the next slot, not this one again
