@@ -39,9 +39,9 @@ SIM_PORT = SIM_BASE_PORT + 60  # a simulator of this module's own: 6 meters behi
 METERS, UNITS = 6, 3
 # Measured on this 2-core machine under other engineers' load (5 runs): 7.5, 11.6, 17.9, 18.2, 40.5 s from
 # the kill until every meter had a reading stamped after it. The supervisor's ping to a killed actor fails
-# at once (connection reset) or times out (PING_TIMEOUT_S = 10 s); its replacement can take the actor's
-# name only once Ray has marked the old one dead, which for a node that vanished may wait for Ray's node
-# health checks (~15-30 s); the replacement polls at its next slot. Three times the worst run, as margin.
+# at once (failed to connect) and the replacement starts at once, but until Ray's health checks declare
+# the node dead (~11 s) its scheduler may place a replacement on that node, where it dies again; the
+# supervisor's next round places it on a live node (the slow runs). Three times the worst run, as margin.
 RECOVERY_BOUND_S = 120.0
 
 
