@@ -109,6 +109,7 @@ def test_a_dead_ingestion_node_is_replaced_by_the_remaining_one(cluster_settings
     tmp = Path(f"/tmp/mr-{os.getpid()}")  # short: Ray's socket paths live under it (AF_UNIX allows 107 bytes)
     nodes: list[RayNode] = []
     env = _env(settings)
+    passed = False
     try:
         head = start_node("head", tmp, BASE_PORTS["head"], WORKER_PORTS["head"], head_address=None, num_cpus=0,
                           resources={}, env=env)
@@ -164,6 +165,7 @@ def test_a_dead_ingestion_node_is_replaced_by_the_remaining_one(cluster_settings
         restarted = {e["actor"] for e in events if e["kind"] == "actor_restarted" and e["ts"] >= killed_at * 1000}
         assert restarted == set(view["status"]["children"]), restarted
         assert all(e["details"]["reason"] for e in events if e["kind"] == "actor_restarted")
+        passed = True
     finally:
         if nodes:
             try:
@@ -172,4 +174,9 @@ def test_a_dead_ingestion_node_is_replaced_by_the_remaining_one(cluster_settings
                 print(f"runtime did not stop cleanly: {err}")
         for node in reversed(nodes):
             node.stop()
-        shutil.rmtree(tmp, ignore_errors=True)
+        if passed:
+            shutil.rmtree(tmp, ignore_errors=True)
+        else:  # the nodes' Ray logs (the supervisor's JSON lines among them) for whoever looks into it
+            kept = settings.var_dir / "log" / f"cluster-test-{int(time.time())}"
+            shutil.move(str(tmp), kept)
+            print(f"Ray logs of the failed run kept in {kept}")
