@@ -21,9 +21,11 @@ from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import Any
 
 import asyncpg
+import ray
 from confluent_kafka import KafkaException, Message
 
 from actors import metrics
+from actors.logs import setup_logging
 from meterray.backoff import Backoff
 from meterray.settings import Settings
 from storage import sink_errors
@@ -96,7 +98,10 @@ class ConsumerStage:
         self.dead_letters += len(fresh)
         metrics.count(metrics.dead_letters(), len(fresh), stage=self.role)
         for m, reason in fresh[:3]:
-            log.warning("%s: dead-lettered %s[%s]@%s: %s", self.role, m.topic(), m.partition(), m.offset(), reason)
+            key = m.key()
+            log.warning("%s: dead-lettered %s[%s]@%s: %s", self.role, m.topic(), m.partition(), m.offset(), reason,
+                        extra={"device_id": key.decode(errors="replace") if key else None, "topic": m.topic(),
+                               "partition": m.partition()})
 
     async def start(self) -> None:
         if self._task is None:
@@ -251,6 +256,7 @@ class StageHost:
     core_class: Callable[[Settings, asyncpg.Pool, AsyncProducer, str], ConsumerStage]
 
     def __init__(self, settings: Settings, member: str) -> None:
+        setup_logging(settings.log_level, member)
         self._settings = settings
         self._member = member
         self._core: ConsumerStage | None = None
@@ -268,7 +274,7 @@ class StageHost:
     async def ping(self) -> dict[str, object]:
         if self._core is None:
             raise RuntimeError("start() was not called")
-        return await self._core.ping()
+        return {**await self._core.ping(), "node_id": ray.get_runtime_context().get_node_id()}
 
     async def stop(self) -> None:
         if self._core is not None:

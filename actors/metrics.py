@@ -1,7 +1,9 @@
 """Every Prometheus metric meterray exports, defined in one place.
 
 They are `ray.util.metrics` objects, exported by Ray's metrics agent (scraped from each node's
-metrics port); each actor process creates its own on first use.
+metrics port, names prefixed `ray_`); each actor process creates its own on first use. The Grafana
+dashboard ops/grafana/meterray.json queries these series and no others (tests/ops checks it against
+a running pipeline's endpoint).
 """
 from __future__ import annotations
 
@@ -35,6 +37,33 @@ def shard_buffer_dropped() -> metrics.Counter:
 def shard_buffered_records() -> metrics.Gauge:
     return metrics.Gauge("meterray_shard_buffered_records", "Records a shard holds that Kafka has not acknowledged yet",
                          tag_keys=("shard",))
+
+
+@cache
+def ingested_readings() -> metrics.Counter:
+    """The ingest rate per protocol: readings a source (shard, partner actor) took from its devices."""
+    return metrics.Counter("meterray_ingested_readings_total", "Readings taken from devices, by protocol",
+                           tag_keys=("protocol",))
+
+
+@cache
+def consumer_lag() -> metrics.Gauge:
+    return metrics.Gauge("meterray_consumer_lag_records",
+                         "Records of a partition a consumer group has not committed yet (high watermark - committed)",
+                         tag_keys=("group", "topic", "partition"))
+
+
+@cache
+def devices() -> metrics.Gauge:
+    # `namespace`: the runtime's Ray namespace, so two runtimes on one cluster do not overwrite each other.
+    return metrics.Gauge("meterray_devices", "Registered devices per health status (unknown, online, degraded, "
+                                             "offline)", tag_keys=("namespace", "status"))
+
+
+@cache
+def sink_write_latency_ms() -> metrics.Histogram:
+    return metrics.Histogram("meterray_sink_write_latency_ms", "One batch written to a sink (transaction included), "
+                             "milliseconds", boundaries=LATENCY_BOUNDARIES_MS, tag_keys=("sink",))
 
 
 @cache

@@ -27,6 +27,7 @@ from dataclasses import replace
 import ray
 
 from actors import metrics
+from actors.logs import setup_logging
 from actors.shard_outbox import Dropped, Entry, Outbox, OutRecord
 from meterray.backoff import Backoff
 from meterray.config import connection_problems
@@ -205,7 +206,8 @@ class ModbusShardCore:
         problems, per_device = connection_problems(conn, PROFILES.keys())
         unusable = ({d.device_id: "; ".join(problems) for d in conn.devices} if problems else per_device)
         if unusable:
-            log.warning("%s: refusing %d device(s): %s", conn.connection_id, len(unusable), unusable)
+            log.warning("%s: refusing %d device(s): %s", conn.connection_id, len(unusable), unusable,
+                        extra={"connection_id": conn.connection_id})
             report = asyncio.create_task(self._report_every_slot(conn, unusable, FailureKind.CONFIGURATION),
                                          name=f"modbus-config:{conn.connection_id}")
             if len(unusable) == len(conn.devices):
@@ -237,7 +239,8 @@ class ModbusShardCore:
                 self._publish([], [self._failure(d, slot, conn, kind, r) for d, r in reasons.items()], [], conn,
                               slot, time.perf_counter())
             except Exception as err:  # reporting must never end this connection's task (nor the shard)
-                log.warning("%s: could not publish the %s failures: %s", conn.connection_id, kind, err)
+                log.warning("%s: could not publish the %s failures: %s", conn.connection_id, kind, err,
+                            extra={"connection_id": conn.connection_id})
             if once:
                 return
             await asyncio.sleep(0.001)  # the next slot, not this one again
@@ -297,6 +300,7 @@ class ModbusShardCore:
         metrics.count(metrics.polls(), len(batches), protocol="modbus", outcome="ok")
         metrics.count(metrics.polls(), len(failures), protocol="modbus", outcome="failed")
         metrics.count(metrics.readings(), n_readings, stage="modbus-shard")
+        metrics.count(metrics.ingested_readings(), n_readings, protocol="modbus")
         metrics.count(metrics.dead_letters(), len(dead), stage="modbus-shard")
 
     def _overflowed(self, dropped: Dropped) -> None:
@@ -385,7 +389,7 @@ class ModbusShard:
     """Ray actor around ModbusShardCore; the supervisor recreates it (same assignment) when it dies."""
 
     def __init__(self, settings: Settings, name: str) -> None:
-        logging.basicConfig(level=settings.log_level)
+        setup_logging(settings.log_level, name)
         self._name = name
         self._producer = AsyncProducer(settings.kafka_bootstrap, **SHARD_PRODUCER_CONFIG)
         self._core = ModbusShardCore(settings, self._producer)
@@ -398,6 +402,7 @@ class ModbusShard:
         # The supervisor pings every second: often enough for a gauge, and no cost per poll.
         metrics.shard_buffered_records().set(self._core.outbox.records, tags={"shard": self._name})
         return {"role": "modbus-shard", "name": self._name, "pid": os.getpid(),
+                "node_id": ray.get_runtime_context().get_node_id(),
                 "connections": self._core.connection_ids(), **self._core.stats.summary(),
                 **self._core.buffer_summary()}
 

@@ -27,6 +27,7 @@ import ray
 
 from actors import metrics
 from actors.known_devices import KnownDevices
+from actors.logs import setup_logging
 from meterray.backoff import Backoff
 from meterray.domain import ReadingBatch
 from meterray.mqtt_config import MqttConnection
@@ -168,6 +169,7 @@ class MqttShardCore:
             await self._produce(records)
             self.stats.readings += n_readings
             metrics.count(metrics.readings(), n_readings, stage="mqtt-shard")
+            metrics.count(metrics.ingested_readings(), n_readings, protocol="mqtt")
             batch.done.set_result(None)
         except Exception as err:  # never expected (every failure above is retried): end the shard loudly
             log.exception("MQTT batch failed")
@@ -291,7 +293,7 @@ class MqttShard:
     """Ray actor around MqttShardCore; the supervisor recreates it (same client id) when it dies."""
 
     def __init__(self, settings: Settings, name: str) -> None:
-        logging.basicConfig(level=settings.log_level)
+        setup_logging(settings.log_level, name)
         self._name = name
         self._producer = AsyncProducer(settings.kafka_bootstrap, **SHARD_PRODUCER_CONFIG)
         self._core = MqttShardCore(settings, self._producer)

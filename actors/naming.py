@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Mapping
 from typing import Any
 
 import ray
@@ -13,8 +14,10 @@ from ray.exceptions import ActorAlreadyExistsError
 NAME_FREE_TIMEOUT_S = 30.0
 
 
-async def create_named(actor_class: Any, name: str, namespace: str, *args: Any) -> ActorHandle:
-    """`actor_class.remote(*args)` under `name` in `namespace`.
+async def create_named(actor_class: Any, name: str, namespace: str, *args: Any,
+                       resources: Mapping[str, float] | None = None) -> ActorHandle:
+    """`actor_class.remote(*args)` under `name` in `namespace`, on a node with `resources` (custom
+    resources the actor asks for: meterray.placement).
 
     One supervisor per namespace owns these names, so whoever still holds one is a predecessor of this
     very child: one the supervisor just killed (Ray frees the name only once it has marked the actor
@@ -24,7 +27,7 @@ async def create_named(actor_class: Any, name: str, namespace: str, *args: Any) 
     deadline = time.monotonic() + NAME_FREE_TIMEOUT_S
     while True:
         try:
-            return actor_class.options(name=name, namespace=namespace).remote(*args)
+            return actor_class.options(name=name, namespace=namespace, resources=dict(resources or {})).remote(*args)
         except ActorAlreadyExistsError:
             if time.monotonic() > deadline:
                 raise

@@ -26,6 +26,7 @@ import asyncpg
 import ray
 
 from actors import metrics
+from actors.logs import setup_logging
 from meterray.backoff import Backoff
 from meterray.domain import FailureKind, PollFailure
 from meterray.partners import PartnerConfig, PathConfig
@@ -238,6 +239,7 @@ class PartnerCore:
         st.refused += len(mapped.refused)
         metrics.count(metrics.polls(), 1, protocol="partner", outcome="ok")
         metrics.count(metrics.readings(), mapped.readings, stage="partner")
+        metrics.count(metrics.ingested_readings(), mapped.readings, protocol="partner")
 
     async def _publish(self, mapped: Mapped, path: PathConfig) -> None:
         parts = self._settings.kafka_partitions
@@ -341,7 +343,7 @@ class PartnerActor:
     """Ray actor around PartnerCore; the supervisor recreates it (same configuration) when it dies."""
 
     def __init__(self, settings: Settings, name: str) -> None:
-        logging.basicConfig(level=settings.log_level)
+        setup_logging(settings.log_level, name)
         self._settings, self._name = settings, name
         self._producer = AsyncProducer(settings.kafka_bootstrap, **{"message.timeout.ms": 30_000})
         self._core: PartnerCore | None = None

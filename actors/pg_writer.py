@@ -7,6 +7,7 @@ records are found (see actors.consumer_stage).
 """
 from __future__ import annotations
 
+import time
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -60,8 +61,10 @@ class PgWriterCore(ConsumerStage):
             if batch.device_id not in unknown:
                 device_id, ts, source = batch.device_id, batch.ts_ms, batch.source
                 rows.extend([(device_id, v.quantity, ts, v.value, v.unit, v.quality, source) for v in batch.values])
+        started = time.perf_counter()
         async with self._pool.acquire() as conn:
             await self._writer.write(conn, rows)
+        metrics.sink_write_latency_ms().observe((time.perf_counter() - started) * 1000, tags={"sink": "postgres"})
         metrics.count(metrics.readings(), len(rows), stage=self.role)
 
 

@@ -42,8 +42,9 @@ import asyncpg
 import ray
 from ray.actor import ActorHandle
 
-from actors import metrics
+from actors import audit, metrics, runtime_gauges
 from actors.device_processor import DeviceProcessor
+from actors.logs import setup_logging
 from actors.modbus_shard import ModbusShard
 from actors.mqtt_shard import MqttShard
 from actors.naming import create_named
@@ -51,6 +52,7 @@ from actors.partner import PartnerActor
 from actors.pg_writer import PgWriter
 from meterray.domain import ModbusConnection
 from meterray.mqtt_config import MqttConnection
+from meterray.placement import ingestion_request
 from meterray.settings import Settings
 from storage.postgres import partners as partner_repo
 from storage.postgres.devices import CONFIG_CHANNEL, load_modbus_connections
@@ -133,8 +135,9 @@ class Child:
 @ray.remote(num_cpus=0, max_restarts=-1, max_task_retries=-1)
 class Supervisor:
     def __init__(self, settings: Settings) -> None:
-        logging.basicConfig(level=settings.log_level)
+        setup_logging(settings.log_level, SUPERVISOR_NAME)
         self._settings = settings
+        self._audit = audit.AuditLog(settings)  # process events on the `audit` topic
         self._children: dict[str, Child] = {}
         self._watcher: asyncio.Task[None] | None = None
         self._background: list[asyncio.Task[None]] = []
@@ -171,7 +174,10 @@ class Supervisor:
         await self._apply_partners()
         await self._apply_mqtt(await self._load_mqtt())
         self._watcher = asyncio.create_task(self._watch(), name="supervisor-watch")
+        self._audit.emit(audit.SUPERVISOR_STARTED, SUPERVISOR_NAME, "supervisor", children=sorted(self._children))
         self._background = [asyncio.create_task(self._listen(), name="supervisor-listen"),
+                            asyncio.create_task(runtime_gauges.export_forever(self._settings),
+                                                name="supervisor-gauges"),
                             asyncio.create_task(self._reconcile_loop(), name="supervisor-reconcile")]
         log.info("supervisor started %d children for %d Modbus connections", len(self._children), len(connections))
 
@@ -328,6 +334,8 @@ class Supervisor:
             if summary["added"] or summary["removed"] or summary["changed"]:
                 self._last_reconcile = summary
                 log.info("reconciled: %s", summary)
+                self._audit.emit(audit.RECONFIGURED, SUPERVISOR_NAME, "supervisor",
+                                 **{k: summary[k] for k in ("added", "removed", "changed")})
             return summary
 
     async def _reassign(self, child: Child) -> None:
@@ -385,7 +393,7 @@ class Supervisor:
 
     async def _launch(self, child: Child) -> None:
         child.handle = await create_named(child.actor_class, child.name, self._settings.ray_namespace,
-                                          self._settings, child.name)
+                                          self._settings, child.name, resources=ingestion_request(self._settings))
         if child.role == "modbus-shard":
             result = await child.handle.assign.remote(child.assignment)
             child.started += result["started"]
@@ -399,6 +407,8 @@ class Supervisor:
             child.started += 1
         else:
             await child.handle.start.remote()
+        self._audit.emit(audit.ACTOR_STARTED, child.name, child.role, restarts=child.restarts,
+                         connections=[c.connection_id for c in child.assignment])
 
     async def _watch(self) -> None:
         while True:
@@ -417,6 +427,7 @@ class Supervisor:
             ray.kill(child.handle, no_restart=True)
         child.restarts += 1
         metrics.count(metrics.actor_restarts(), 1, role=child.role)
+        self._audit.emit(audit.ACTOR_RESTARTED, child.name, child.role, reason=reason, restarts=child.restarts)
         try:
             async with self._apply_lock:  # a reconcile in flight must not hand it an old assignment
                 if self._children.get(child.name) is not child:
@@ -428,6 +439,7 @@ class Supervisor:
     async def status(self) -> dict[str, Any]:
         return {
             "pid": os.getpid(),
+            "node_id": ray.get_runtime_context().get_node_id(),
             "uptime_s": round(time.time() - self._started_at, 1),
             "reconciles": self._reconciles,
             "last_change": self._last_reconcile,
@@ -458,3 +470,5 @@ class Supervisor:
         for c in self._children.values():
             if c.handle is not None:
                 ray.kill(c.handle, no_restart=True)
+                self._audit.emit(audit.ACTOR_STOPPED, c.name, c.role)
+        await self._audit.close()

@@ -24,6 +24,8 @@ LOCAL_HOST = "127.0.0.1"  # the local services (scripts/services.sh) bind here o
 # file can mint tokens with it, so it is reported loudly and refused with METERRAY_ENV=production.
 DEVELOPMENT_SIGNING_KEY = "meterray-development-signing-key-NOT-SECRET-do-not-deploy"
 MIN_SIGNING_KEY_BYTES = 32  # RFC 7518 §3.2: an HS256 key at least as long as the hash output
+# Ray's own resources: not custom resources meterray could ask for or a node could advertise for it.
+RAY_RESOURCES = ("CPU", "GPU", "memory", "object_store_memory")
 
 
 class SettingsError(ValueError):
@@ -61,6 +63,14 @@ class Settings(BaseModel):
     # ~750 bytes, so 64 MB ≈ 85,000 results ≈ 70 s of a full shard (250 connections × 5 meters) at 1 s,
     # 17 min at 15 s.
     shard_buffer_mb: float = Field(64.0, gt=0, le=4096)
+    # Placement (README "Placement on a Ray cluster"): every ingestion actor (shards, device processors,
+    # writers, partner actors) asks for this much of this custom resource, so Ray runs it only on nodes that
+    # advertise it (`ray start --resources='{"ingestion": 1000}'`); every Serve replica asks for
+    # `serve_resource`. A local Ray (meterray demo, tests) advertises both. Empty name: no constraint.
+    ingestion_resource: str = "ingestion"
+    ingestion_resource_per_actor: float = Field(1.0, gt=0)
+    serve_resource: str = "serve"
+    serve_resource_per_replica: float = Field(1.0, gt=0)
     device_processors: int = Field(1, ge=1)
     pg_writers: int = Field(1, ge=1)
     log_level: str = "INFO"
@@ -155,6 +165,14 @@ class Settings(BaseModel):
             zone(v)
         except TimezoneError as err:
             raise ValueError(str(err)) from None
+        return v
+
+    @field_validator("ingestion_resource", "serve_resource")
+    @classmethod
+    def _custom_resource(cls, v: str) -> str:
+        if v in RAY_RESOURCES or v.startswith("node:") or not all(c.isalnum() or c in "_.-" for c in v):
+            raise ValueError(f"{v!r} is not a custom resource name: letters, digits, '_', '.', '-', and none "
+                             f"of Ray's own ({', '.join(RAY_RESOURCES)}, node:…); empty places actors anywhere")
         return v
 
     @field_validator("pg_dsn")

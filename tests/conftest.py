@@ -76,8 +76,12 @@ def ray_cluster(settings: Settings) -> Iterator[None]:
     # With the dashboard: the actor list operators read (ray.util.state) is served by it. Its port follows
     # the run's API port, so concurrent runs of several checkouts do not meet.
     dashboard_port = int(os.environ.get("METERRAY_TEST_DASHBOARD_PORT", settings.api_port + 1000))
-    ray.init(num_cpus=2, include_dashboard=True, dashboard_host="127.0.0.1", dashboard_port=dashboard_port,
-             namespace=settings.ray_namespace, object_store_memory=200 * 2**20, log_to_driver=False,
+    from meterray.placement import local_node_resources
+
+    # Advertising the ingestion and serve resources as meterray's local Ray does (meterray.placement).
+    ray.init(num_cpus=2, resources=local_node_resources(settings), include_dashboard=True, dashboard_host="127.0.0.1",
+             dashboard_port=dashboard_port, namespace=settings.ray_namespace, object_store_memory=200 * 2**20,
+             log_to_driver=False,
              _system_config={"worker_niceness": 0})  # as meterray's runtime: actors are not batch jobs
     yield
     ray.shutdown()

@@ -59,3 +59,21 @@ def test_the_head_deploys_the_same_serve_config_as_the_rayservice() -> None:
     (dest,) = [d for d, src in mounted.items() if Path(src) == Path("./k8s/base/serve_config.yaml")]
     assert (REPO_ROOT / mounted[dest]).read_text() == one(render("base"), "RayService")["spec"]["serveConfigV2"]
     assert f"serve deploy {dest}" in config["head_start_ray_commands"]
+
+
+def test_worker_groups_advertise_the_resources_meterrays_actors_ask_for() -> None:
+    from meterray.placement import NODE_UNITS, ingestion_request, serve_request
+    from meterray.settings import Settings
+
+    settings = Settings.from_env({})
+    types = _config()["available_node_types"]
+    cluster = one(render("base"), "RayService")["spec"]["rayClusterConfig"]
+    groups = {g["groupName"]: json.loads(json.loads(g["rayStartParams"]["resources"]))
+              for g in cluster["workerGroupSpecs"]}
+    assert groups == {"ingestion": dict.fromkeys(ingestion_request(settings), NODE_UNITS),
+                      "serve": dict.fromkeys(serve_request(settings), NODE_UNITS)}
+    for name, advertised in groups.items():
+        assert {k: v for k, v in types[name]["resources"].items() if k != "CPU"} == advertised
+    # The head runs no work: no CPU for tasks and neither resource.
+    assert set(types[_config()["head_node_type"]]["resources"]) == {"CPU"}
+    assert "resources" not in cluster["headGroupSpec"]["rayStartParams"]

@@ -9,10 +9,13 @@ from typing import Any
 import ray
 from ray import serve
 
+from meterray.placement import local_node_resources
 from meterray.settings import Settings
 from serve_apps.monitoring.runtime import ConsumerGroup, RuntimeSources
 
 log = logging.getLogger(__name__)
+
+HEAD_RESOURCE = "node:__internal_head__"  # Ray gives the head node this resource (ray._common.constants)
 
 
 def init_ray(settings: Settings, *, dashboard: bool = True) -> None:
@@ -27,6 +30,7 @@ def init_ray(settings: Settings, *, dashboard: bool = True) -> None:
         return
     ray.init(
         num_cpus=settings.ray_num_cpus,
+        resources=local_node_resources(settings),  # one node runs every actor (meterray.placement)
         namespace=settings.ray_namespace,
         include_dashboard=dashboard,
         dashboard_host="127.0.0.1",
@@ -62,10 +66,19 @@ def start_ingestion(settings: Settings) -> Any:
 
     # The namespace explicitly: a Serve replica (serve_entry.ingestion) runs in Serve's own namespace.
     options = {"name": SUPERVISOR_NAME, "namespace": settings.ray_namespace, "lifetime": "detached",
-               "get_if_exists": True}
+               "get_if_exists": True, "resources": on_the_head()}
     supervisor = Supervisor.options(**options).remote(settings)  # type: ignore[attr-defined]
     ray.get(supervisor.start.remote())
     return supervisor
+
+
+def on_the_head() -> dict[str, float]:
+    """The supervisor runs on the head, next to GCS and Serve's controller: it is control only (a ping a
+    second per child, one LISTEN connection), and a worker node that dies then takes only its own
+    actors with it, which the supervisor replaces. Asked for as a sliver of the resource Ray gives every
+    head (as Ray Train places its state actor): a restarted head (Kubernetes, GCS fault tolerance) has it
+    again, where an affinity to the old head's node id would place the supervisor nowhere or anywhere."""
+    return {HEAD_RESOURCE: 0.001}
 
 
 def runtime_sources(settings: Settings) -> RuntimeSources:

@@ -20,6 +20,7 @@ from ray import serve
 from ray.serve import Application
 
 from meterray.app.runtime import runtime_sources, start_ingestion
+from meterray.placement import serve_request
 from meterray.settings import Settings
 from serve_apps.monitoring.app import build_app
 from serve_apps.users.app import build_me_app, build_users_app
@@ -47,7 +48,10 @@ class IngestionRuntime:
 
 
 def ingestion(args: dict[str, Any] | None = None) -> Application:
-    return IngestionRuntime.bind(settings_from(args))  # type: ignore[attr-defined]  # added by @serve.deployment
+    settings = settings_from(args)
+    # A Serve replica like any other (meterray.placement); the supervisor it starts goes to the head.
+    options = {"num_cpus": 0, "resources": serve_request(settings)}
+    return IngestionRuntime.options(ray_actor_options=options).bind(settings)  # type: ignore[attr-defined]
 
 
 def monitoring(args: dict[str, Any] | None = None) -> Application:

@@ -5,6 +5,7 @@ from fastapi import FastAPI
 from ray import serve
 from ray.serve import Application
 
+from meterray.placement import serve_request
 from meterray.settings import Settings
 from serve_apps.deps import Db, configure_db, configure_settings
 from serve_apps.monitoring.consumption import consumption_router
@@ -46,4 +47,6 @@ class MonitoringApi:
 
 def build_app(settings: Settings, sources: RuntimeSources | None = None) -> Application:
     """`sources` (where the supervisor and the consumer groups are) enables GET /api/v1/runtime."""
-    return MonitoringApi.bind(settings, sources)  # type: ignore[attr-defined]  # added by @serve.deployment
+    # On the serve nodes (meterray.placement): Serve's proxies serve HTTP where the replicas are.
+    options = {"num_cpus": 0, "resources": serve_request(settings)}
+    return MonitoringApi.options(ray_actor_options=options).bind(settings, sources)  # type: ignore[attr-defined]

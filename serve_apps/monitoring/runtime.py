@@ -61,6 +61,7 @@ class ActorOut(BaseModel):
     name: str = Field(description="the actor's name in the Ray dashboard, e.g. modbus-shard-3")
     role: str
     pid: int | None
+    node_id: str | None = Field(None, description="the Ray node the actor runs on (placement: README)")
     restarts: int
     connections: int = Field(description="Modbus connections assigned (shards)")
     connection_ids: list[str]
@@ -116,7 +117,7 @@ def shape(current: Sample, previous: Sample | None, groups: Sequence[ConsumerGro
                 key = f"{role}.{k}"
                 totals[key] = round(totals.get(key, 0.0) + v, 2)
         actors.append(ActorOut(
-            name=name, role=role, pid=ping.get("pid"), restarts=child.get("restarts", 0),
+            name=name, role=role, pid=ping.get("pid"), node_id=ping.get("node_id"), restarts=child.get("restarts", 0),
             connections=child.get("connections", 0), connection_ids=child.get("connection_ids", []),
             tasks_started=child.get("started", 0), tasks_stopped=child.get("stopped", 0),
             counters={k: ping[k] for k in SHOWN.get(role, ()) if k in ping}, rates_per_s=rates))

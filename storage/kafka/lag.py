@@ -1,4 +1,4 @@
-"""Consumer-group lag: how many records of a topic a group has not committed yet."""
+"""Consumer-group lag: how many records of a topic (in all, or per partition) a group has not committed yet."""
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -15,24 +15,40 @@ class GroupLag:
     error: str | None = None
 
 
+@dataclass(frozen=True, slots=True)
+class PartitionLags:
+    group: str
+    topic: str
+    lags: dict[int, int]  # partition → records past the group's committed offset; empty if Kafka did not answer
+    error: str | None = None
+
+
 def group_lag(bootstrap: str, group: str, topic: str, timeout_s: float = 5.0) -> GroupLag:
     """Blocking (run it in a thread from async code). A partition without a committed offset counts
     from its low watermark (what `auto.offset.reset=earliest` would read)."""
+    p = partition_lags(bootstrap, group, topic, timeout_s)
+    if p.error is not None:
+        return GroupLag(group, topic, None, 0, p.error)
+    return GroupLag(group, topic, sum(p.lags.values()), len(p.lags))
+
+
+def partition_lags(bootstrap: str, group: str, topic: str, timeout_s: float = 5.0) -> PartitionLags:
+    """The lag of each partition of `topic` for `group` (blocking, as group_lag)."""
     # A consumer that never subscribes does not join the group: it only reads the group's offsets.
     consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": group, "enable.auto.commit": False,
                          "socket.timeout.ms": int(timeout_s * 1000)})
     try:
         meta = consumer.list_topics(topic, timeout=timeout_s).topics.get(topic)
         if meta is None or meta.error is not None:
-            return GroupLag(group, topic, None, 0, f"topic {topic!r} not found")
+            return PartitionLags(group, topic, {}, f"topic {topic!r} not found")
         parts = [TopicPartition(topic, p) for p in sorted(meta.partitions)]
         committed = consumer.committed(parts, timeout=timeout_s)
-        lag = 0
+        lags: dict[int, int] = {}
         for tp in committed:
             low, high = consumer.get_watermark_offsets(TopicPartition(topic, tp.partition), timeout=timeout_s)
-            lag += max(0, high - (tp.offset if tp.offset >= 0 else low))
-        return GroupLag(group, topic, lag, len(parts))
+            lags[tp.partition] = max(0, high - (tp.offset if tp.offset >= 0 else low))
+        return PartitionLags(group, topic, lags)
     except KafkaException as err:
-        return GroupLag(group, topic, None, 0, str(err.args[0]))
+        return PartitionLags(group, topic, {}, str(err.args[0]))
     finally:
         consumer.close()

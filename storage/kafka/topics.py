@@ -16,7 +16,9 @@ READINGS_DLQ = "readings.dlq"  # input that cannot be decoded, with reason and r
 # and meter-archive sources act on them; keyed and partitioned by device like readings.
 BACKFILL_REQUESTS = "backfill-requests"
 
-ALL_TOPICS = (READINGS_RAW, READINGS, DEVICE_EVENTS, READINGS_DLQ, BACKFILL_REQUESTS)
+AUDIT = "audit"  # process events: actors started, stopped, restarted, reconfigurations (actors/audit.py)
+
+ALL_TOPICS = (READINGS_RAW, READINGS, DEVICE_EVENTS, READINGS_DLQ, BACKFILL_REQUESTS, AUDIT)
 
 
 def partition_for(device_id: str, partitions: int) -> int:
