@@ -235,6 +235,8 @@ class Supervisor:
             if added or removed or changed:
                 self._last_partner_change = summary
                 log.info("partners reconciled: %s", summary)
+                self._audit.emit(audit.RECONFIGURED, SUPERVISOR_NAME, "supervisor", source="partners",
+                                 **{k: summary[k] for k in ("added", "removed", "changed")})
             return summary
 
     async def _reconfigure_partner(self, child: Child) -> None:
@@ -282,6 +284,8 @@ class Supervisor:
             if added or changed or removed:
                 self._last_mqtt_change = summary
                 log.info("MQTT shards reconciled: %s", summary)
+                self._audit.emit(audit.RECONFIGURED, SUPERVISOR_NAME, "supervisor", source="mqtt",
+                                 **{k: summary[k] for k in ("added", "removed", "changed")})
             return summary
 
     async def _reconfigure_mqtt(self, child: Child) -> None:

@@ -15,9 +15,11 @@ import ray
 
 from actors.logs import JsonFormatter
 from meterray.domain import DeviceSpec, ModbusConnection
+from meterray.mqtt_config import MqttConnection
 from meterray.settings import Settings
 from storage.kafka import topics
 from storage.postgres import devices as device_repo
+from storage.postgres.mqtt import delete_mqtt_connections, save_mqtt_connections
 from tests.conftest import SIM_BASE_PORT, wait_for
 from tests.pipeline.helpers import read_topic
 
@@ -67,12 +69,23 @@ def test_starts_restarts_and_reconfigurations_are_on_the_audit_topic(ops_runtime
     wait_for(lambda: PROBE not in {c for ch in _status(ops_runtime)["children"].values() for c in ch["connection_ids"]},
              60, "the probe connection removed")
 
+    # An MQTT connection added and removed: its shard is a reconfiguration of the MQTT sources.
+    mqtt = MqttConnection(f"{PROBE}-mqtt", "127.0.0.1", settings.mqtt_port, f"{settings.kafka_topic_prefix}audit/#")
+    shard = f"mqtt-shard-{PROBE}-mqtt-0"
+    _db(settings, save_mqtt_connections, [mqtt])
+    wait_for(lambda: shard in _status(ops_runtime)["children"], 60, "the MQTT probe's shard started")
+    _db(settings, delete_mqtt_connections, [mqtt.connection_id])
+    wait_for(lambda: shard not in _status(ops_runtime)["children"], 60, "the MQTT probe's shard stopped")
+
     def seen() -> list[dict[str, Any]] | None:
         evs = _events(settings)
         kinds = {(e["kind"], e["actor"]) for e in evs}
         added = any(e["kind"] == "reconfigured" and PROBE in e["details"]["added"] for e in evs)
         removed = any(e["kind"] == "reconfigured" and PROBE in e["details"]["removed"] for e in evs)
-        return evs if ("actor_restarted", "pg-writer-0") in kinds and added and removed else None
+        mqtt_changes = [e["details"] for e in evs
+                        if e["kind"] == "reconfigured" and e["details"].get("source") == "mqtt"]
+        mqtt_ok = any(shard in d["added"] for d in mqtt_changes) and any(shard in d["removed"] for d in mqtt_changes)
+        return evs if ("actor_restarted", "pg-writer-0") in kinds and added and removed and mqtt_ok else None
     events = wait_for(seen, 60, "the restart and both reconfigurations on the audit topic")  # type: ignore[assignment]
     restart = [e for e in events if e["kind"] == "actor_restarted" and e["actor"] == "pg-writer-0"][-1]
     assert restart["role"] == "pg-writer" and restart["details"]["reason"]  # why it was declared gone
