@@ -70,13 +70,35 @@ def test_a_wrong_type_fails_validation() -> None:
     assert any("partitions" in e for e in errors(topic))
 
 
-def _settings_of(objects: tuple[dict[str, Any], ...]) -> Settings:
-    """The settings the Ray pods run with: the ConfigMap their envFrom names (secrets aside)."""
+def _pod_environments(objects: tuple[dict[str, Any], ...]) -> list[dict[str, str]]:
+    """What each Ray container sees: the ConfigMap its envFrom names, then its env, a secret reference
+    standing for a value of the secret's shape (a DSN, a URL, or a long random-looking string)."""
     rayservice = one(objects, "RayService")
     names = {ref["configMapRef"]["name"] for c in containers(rayservice) for ref in c.get("envFrom", [])}
     assert len(names) == 1, names
     data = one(objects, "ConfigMap", names.pop())["data"]
-    return Settings.from_env(environ=data)
+    environments = []
+    for c in containers(rayservice):
+        environ = dict(data)
+        for env in c.get("env", []):
+            ref = env.get("valueFrom", {}).get("secretKeyRef")
+            if not env["name"].startswith("METERRAY_"):
+                continue
+            if ref is None:
+                environ[env["name"]] = env["value"]
+            elif env["name"].endswith("_DSN"):
+                environ[env["name"]] = f"postgresql://app:secret@{ref['name']}:5432/app"
+            elif env["name"].endswith("_URL"):
+                environ[env["name"]] = f"https://{ref['key']}.example"
+            else:
+                environ[env["name"]] = f"{ref['name']}-{ref['key']}-" + "x" * 48
+        environments.append(environ)
+    return environments
+
+
+def _settings_of(objects: tuple[dict[str, Any], ...]) -> Settings:
+    """The settings the Ray pods run with (all containers alike: they share the env anchor)."""
+    return Settings.from_env(environ=_pod_environments(objects)[0])
 
 
 @pytest.mark.parametrize("overlay", OVERLAYS)
@@ -158,3 +180,18 @@ def test_the_migrations_job_migrates_postgresql_with_the_dsn_of_the_cnpg_secret(
     (dsn,) = [e for e in c["env"] if e["name"] == "METERRAY_PG_DSN"]
     assert dsn["valueFrom"]["secretKeyRef"] == {"name": f"{cluster['metadata']['name']}-app", "key": "uri"}
     assert cluster["spec"]["bootstrap"]["initdb"] == {"database": "meterray", "owner": "meterray"}
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_every_ray_container_has_what_its_environment_demands(overlay: str) -> None:
+    """Production refuses to start without its keys (no silent development fallback), so a key the overlay
+    forgets must show here, not as a crash-looping pod; and dev must not pretend to be production."""
+    objects = render(f"overlays/{overlay}")
+    for environ in _pod_environments(objects):
+        settings = Settings.from_env(environ)  # raises, naming the variable, when something is missing
+        assert settings.env == ("production" if overlay == "prod" else "development")
+    if overlay == "prod":
+        for c in containers(one(objects, "RayService")):
+            refs = {e["name"] for e in c["env"] if "secretKeyRef" in e.get("valueFrom", {})}
+            assert {"METERRAY_TOKEN_SIGNING_KEY", "METERRAY_SECRET_KEY", "METERRAY_FNS_API_KEY",
+                    "METERRAY_GKH_API_KEY"} <= refs, c["name"]
