@@ -232,11 +232,8 @@ class Supervisor:
                 calls.append(self._reconfigure_partner(child))
             await asyncio.gather(*calls)
             summary = {"at": time.time(), "added": added, "removed": removed, "changed": changed}
-            if added or removed or changed:
+            if self._reconciled("partners", summary):
                 self._last_partner_change = summary
-                log.info("partners reconciled: %s", summary)
-                self._audit.emit(audit.RECONFIGURED, SUPERVISOR_NAME, "supervisor", source="partners",
-                                 **{k: summary[k] for k in ("added", "removed", "changed")})
             return summary
 
     async def _reconfigure_partner(self, child: Child) -> None:
@@ -281,11 +278,8 @@ class Supervisor:
                 calls.append(self._stop_mqtt(self._children.pop(name)))
             await asyncio.gather(*calls)
             summary = {"at": time.time(), "added": added, "changed": changed, "removed": removed}
-            if added or changed or removed:
+            if self._reconciled("mqtt", summary):
                 self._last_mqtt_change = summary
-                log.info("MQTT shards reconciled: %s", summary)
-                self._audit.emit(audit.RECONFIGURED, SUPERVISOR_NAME, "supervisor", source="mqtt",
-                                 **{k: summary[k] for k in ("added", "removed", "changed")})
             return summary
 
     async def _reconfigure_mqtt(self, child: Child) -> None:
@@ -335,12 +329,18 @@ class Supervisor:
                 "shards_called": len(calls),
             }
             self._reconciles += 1
-            if summary["added"] or summary["removed"] or summary["changed"]:
+            if self._reconciled("modbus", summary):
                 self._last_reconcile = summary
-                log.info("reconciled: %s", summary)
-                self._audit.emit(audit.RECONFIGURED, SUPERVISOR_NAME, "supervisor",
-                                 **{k: summary[k] for k in ("added", "removed", "changed")})
             return summary
+
+    def _reconciled(self, source: str, summary: dict[str, Any]) -> bool:
+        """Log and audit a reconcile of `source` (modbus, partners, mqtt) that changed something; True if it did."""
+        change = {k: summary[k] for k in ("added", "removed", "changed")}
+        if not any(change.values()):
+            return False
+        log.info("%s reconciled: %s", source, summary)
+        self._audit.emit(audit.RECONFIGURED, SUPERVISOR_NAME, "supervisor", source=source, **change)
+        return True
 
     async def _reassign(self, child: Child) -> None:
         try:
