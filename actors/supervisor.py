@@ -1,7 +1,8 @@
 """Supervisor: the one detached, named actor that owns the runtime's desired state.
 
 It reads the Modbus connections from PostgreSQL, spreads them over ModbusShard actors, runs the
-device processors and PostgreSQL writers, and watches them all: a child that dies or stops answering
+device processors, PostgreSQL writers and the backfill actor (gap scan and backfill requests), and
+watches them all: a child that dies or stops answering
 is replaced by a fresh actor with the same assignment (its state lives in Kafka and PostgreSQL).
 
 Reconciling: a trigger on devices.connections / devices.devices NOTIFYs `CONFIG_CHANNEL`; the
@@ -43,6 +44,7 @@ import ray
 from ray.actor import ActorHandle
 
 from actors import audit, metrics, runtime_gauges
+from actors.backfill import BackfillActor
 from actors.device_processor import DeviceProcessor
 from actors.logs import setup_logging
 from actors.modbus_shard import ModbusShard
@@ -166,7 +168,7 @@ class Supervisor:
         connections = await self._load()
         s = self._settings
         for role, actor_class, count in (("device-processor", DeviceProcessor, s.device_processors),
-                                         ("pg-writer", PgWriter, s.pg_writers)):
+                                         ("pg-writer", PgWriter, s.pg_writers), ("backfill", BackfillActor, 1)):
             for i in range(count):
                 self._children[f"{role}-{i}"] = Child(f"{role}-{i}", role, actor_class)
         others = list(self._children.values())
