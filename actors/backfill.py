@@ -11,8 +11,9 @@ Consumer (group `meterray-backfill`): a request for a partner device becomes a p
 row of that device's partner, on the path that carries the quantity (PartnerConfig.backfill_path);
 the PartnerActor walks that range under its backfill budget and the readings go the usual way
 (readings.raw → device processor → archive). Requests repeat on every scan until the gap is filled,
-so a row is made only when no row of the same device and quantity covering the range is open, or
-finished less than SETTLE ago (storage.postgres.partners.request_backfills). The offset is committed
+so a row is made only when no row covering the range (of the same device and quantity, or of the
+same partner path: its fetch brings every device) is open, or finished less than SETTLE ago
+(storage.postgres.partners.request_backfills). The offset is committed
 after the rows are written (actors.consumer_stage).
 
 Sources that cannot resend are not asked: a Modbus register holds only its present value (meterray
@@ -100,6 +101,7 @@ class BackfillCore(ConsumerStage):
         self.scans = 0
         self.gaps_requested = 0  # requests the scans published
         self.last_scan_at: float | None = None
+        self.last_scan_ms: float | None = None  # how long the last scan took
         self.last_scan_error: str | None = None
         self.backfills_created = 0
         self.already_asked = 0  # requests an open or recently finished backfill covered
@@ -130,6 +132,7 @@ class BackfillCore(ConsumerStage):
             await asyncio.sleep(max(0.0, started + interval - time.monotonic()))
 
     async def scan_once(self) -> list[backfill.BackfillRequest]:
+        started = time.perf_counter()
         requests, cannot = await find_gaps(self._pool, self._settings, datetime.now(timezone.utc))
         for device_id in sorted(set(cannot) - self._cannot_logged):
             log.warning("device %s has a backfill window but its source cannot send readings again (only %s can);"
@@ -141,6 +144,7 @@ class BackfillCore(ConsumerStage):
         self.scans += 1
         self.gaps_requested += len(requests)
         self.last_scan_at = time.time()
+        self.last_scan_ms = round((time.perf_counter() - started) * 1000, 1)
         self.last_scan_error = None
         return requests
 
@@ -207,7 +211,8 @@ class BackfillCore(ConsumerStage):
         if self._scan is not None and self._scan.done() and not self._scan.cancelled():
             raise RuntimeError(f"backfill scan died: {self._scan.exception()!r}")
         return {**await super().ping(), "scans": self.scans, "gaps_requested": self.gaps_requested,
-                "last_scan_at": self.last_scan_at, "last_scan_error": self.last_scan_error,
+                "last_scan_at": self.last_scan_at, "last_scan_ms": self.last_scan_ms,
+                "last_scan_error": self.last_scan_error,
                 "backfills_created": self.backfills_created, "already_asked": self.already_asked}
 
 

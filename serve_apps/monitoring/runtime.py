@@ -32,8 +32,8 @@ SHOWN = {"modbus-shard": ("polls_ok", "polls_failed", "readings", "dead_letters"
                               "rebalances", "consumer_reopened", "last_error"),
          "pg-writer": ("batches", "messages", "dead_letters", "sink_failures", "paused", "outage_s",
                        "rebalances", "consumer_reopened", "last_error"),
-         "backfill": ("scans", "gaps_requested", "last_scan_at", "last_scan_error", "messages", "backfills_created",
-                      "already_asked", "dead_letters", "sink_failures", "paused", "last_error")}
+         "backfill": ("scans", "gaps_requested", "last_scan_at", "last_scan_ms", "last_scan_error", "messages",
+                      "backfills_created", "already_asked", "dead_letters", "sink_failures", "paused", "last_error")}
 
 
 @dataclass(frozen=True, slots=True)

@@ -212,21 +212,24 @@ class GapBackfill:
 async def request_backfills(conn: asyncpg.Connection, gaps: list[GapBackfill],
                             settle: timedelta) -> list[int | None]:
     """Store a pending backfill for each gap, in one transaction; for each, the new row's id, or None
-    when a row of the same device and quantity already covers its range and is still open (pending,
-    running) or finished less than `settle` ago (its readings may still be on their way to the
-    archive, or the partner had nothing: asking again at once would only repeat it). A lock per device
-    keeps two consumers (during a rebalance) from both inserting."""
+    when a row already covers its range — one of the same device and quantity, or one of the same
+    partner and path (a path's query names no device: its fetch brings every device's readings, so a
+    partner outage that left the same gap in all its meters is fetched once) — and that row is still
+    open (pending, running) or finished less than `settle` ago (its readings may still be on their way
+    to the archive, or the partner had nothing: asking again at once would only repeat it). A lock per
+    partner keeps two consumers (during a rebalance) from both inserting."""
     out: list[int | None] = []
     async with conn.transaction():
-        for device_id in sorted({g.device_id for g in gaps}):
-            await conn.execute("SELECT pg_advisory_xact_lock(hashtext('meterray.backfill:' || $1))", device_id)
+        for partner_id in sorted({g.partner_id for g in gaps}):
+            await conn.execute("SELECT pg_advisory_xact_lock(hashtext('meterray.backfill:' || $1))", partner_id)
         for g in gaps:
             out.append(await conn.fetchval(
                 """
                 INSERT INTO partners.backfills (partner_id, path, since, until, device_id, quantity)
                 SELECT $1, $2, $3, $4, $5, $6
                 WHERE NOT EXISTS (SELECT 1 FROM partners.backfills b
-                                  WHERE b.device_id = $5 AND b.quantity = $6 AND b.since <= $3 AND b.until >= $4
+                                  WHERE (b.device_id = $5 AND b.quantity = $6 OR b.partner_id = $1 AND b.path = $2)
+                                    AND b.since <= $3 AND b.until >= $4
                                     AND (b.status IN ('pending', 'running') OR b.updated_at > now() - $7::interval))
                 ON CONFLICT DO NOTHING
                 RETURNING id

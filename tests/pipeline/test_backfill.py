@@ -143,6 +143,9 @@ def test_a_partner_gap_is_asked_for_once_fetched_and_then_measured(runtime: dict
         scans = _ping(runtime)["scans"]
         wait_for(lambda: _ping(runtime)["scans"] >= scans + 2, 60, "two more scans")
         assert [(r["id"], r["status"]) for r in _backfills(settings)] == [(rows[0]["id"], "done")]
+        ping = _ping(runtime)
+        print(f"\nbackfill: {ping['scans']} scans so far, the last took {ping['last_scan_ms']} ms; "
+              f"{ping['backfills_created']} rows made, {ping['already_asked']} requests already asked for")
     finally:
         _control(minute_partner, error_every=0)
         http("DELETE", f"{api}/api/v1/partners/{PID}")

@@ -18,8 +18,9 @@ H = timedelta(hours=1)
 SETTLE = timedelta(hours=1)
 
 
-def _gap(since: datetime, until: datetime, device: str = "bfq-m-0001", quantity: str = ENERGY) -> GapBackfill:
-    return GapBackfill("bfq", "r", device, quantity, since, until)
+def _gap(since: datetime, until: datetime, device: str = "bfq-m-0001", quantity: str = ENERGY,
+         path: str = "r") -> GapBackfill:
+    return GapBackfill("bfq", path, device, quantity, since, until)
 
 
 async def _rows(conn: asyncpg.Connection) -> list[tuple]:
@@ -34,15 +35,17 @@ async def test_a_gap_asked_for_again_while_open_or_just_finished_gets_no_second_
         doc = partner("bfq", "http://127.0.0.1:9", [readings_path("r", "json", "cursor", meters(1, 2))], meters(1, 2))
         await partners.save_partner(conn, doc, cipher(database))
         await conn.execute("DELETE FROM partners.backfills WHERE partner_id = 'bfq'")
-        first, again, inside, other_quantity, other_device = await partners.request_backfills(conn, [
-            _gap(T, T + 3 * H), _gap(T, T + 3 * H), _gap(T + H, T + 2 * H), _gap(T, T + 3 * H, quantity="1-0:2.8.0"),
-            _gap(T, T + 3 * H, device="bfq-m-0002")], SETTLE)
+        first, again, inside, other_device, other_quantity = await partners.request_backfills(conn, [
+            _gap(T, T + 3 * H), _gap(T, T + 3 * H), _gap(T + H, T + 2 * H), _gap(T, T + 3 * H, device="bfq-m-0002"),
+            _gap(T, T + 3 * H, quantity="1-0:2.8.0", path="export")], SETTLE)
         assert first is not None and again is None and inside is None  # the same gap, and a part of it: covered
-        assert other_quantity is not None and other_device is not None
+        # Another meter's gap on the same path is covered too: the path's fetch brings every meter's readings.
+        assert other_device is None
+        assert other_quantity is not None  # another path
         # A wider range is not covered by the open row: it is asked for (the partner sends the difference too).
         wider, = await partners.request_backfills(conn, [_gap(T - H, T + 3 * H)], SETTLE)
         assert wider is not None
-        assert len(await _rows(conn)) == 4
+        assert len(await _rows(conn)) == 3
 
         # Finished (done, or failed for good) a moment ago: not asked again within the settle time ...
         await partners.save_backfill(conn, first, "done", None, 3, 100)
@@ -51,7 +54,7 @@ async def test_a_gap_asked_for_again_while_open_or_just_finished_gets_no_second_
         # ... and asked again after it (settle 0: it finished long enough ago), once.
         again_later = await partners.request_backfills(conn, [_gap(T, T + 3 * H), _gap(T, T + 3 * H)], timedelta(0))
         assert again_later[0] is not None and again_later[1] is None
-        assert [r[4] for r in await _rows(conn)] == ["done", "pending", "pending", "failed", "pending"]
+        assert [r[4] for r in await _rows(conn)] == ["done", "pending", "failed", "pending"]
 
         # The database keeps one open row per exact gap whatever the caller does.
         with pytest.raises(asyncpg.UniqueViolationError):
