@@ -10,3 +10,10 @@ ALTER TABLE partners.backfills ADD COLUMN device_id text, ADD COLUMN quantity te
 CREATE UNIQUE INDEX backfills_open_gap ON partners.backfills (device_id, quantity, since, until)
     WHERE device_id IS NOT NULL AND status IN ('pending', 'running');
 CREATE INDEX backfills_device ON partners.backfills (device_id, quantity, until) WHERE device_id IS NOT NULL;
+
+-- A partner's devices take its `backfill_window_s` when it is saved (default 7 days). Partners stored
+-- before it existed read as the default, so their devices get it now, as if saved again.
+UPDATE devices.devices d SET backfill_window = interval '7 days'
+FROM partners.devices p JOIN partners.partners pp ON pp.id = p.partner_id
+WHERE d.id = p.device_id AND d.protocol = 'partner_http' AND d.backfill_window IS NULL
+  AND NOT (pp.config ? 'backfill_window_s');
