@@ -1,7 +1,8 @@
 """Supervisor: the one detached, named actor that owns the runtime's desired state.
 
 It reads the Modbus connections from PostgreSQL, spreads them over ModbusShard actors, runs the
-device processors and PostgreSQL writers, and watches them all: a child that dies or stops answering
+device processors, PostgreSQL writers and the backfill actor (gap scan and backfill requests), and
+watches them all: a child that dies or stops answering
 is replaced by a fresh actor with the same assignment (its state lives in Kafka and PostgreSQL).
 
 Reconciling: a trigger on devices.connections / devices.devices NOTIFYs `CONFIG_CHANNEL`; the
@@ -43,6 +44,7 @@ import ray
 from ray.actor import ActorHandle
 
 from actors import audit, metrics, runtime_gauges
+from actors.backfill import BackfillActor
 from actors.device_processor import DeviceProcessor
 from actors.logs import setup_logging
 from actors.modbus_shard import ModbusShard
@@ -147,10 +149,8 @@ class Supervisor:
         self._wake = asyncio.Event()
         self._placement: dict[str, str] = {}  # connection id → shard name
         self._reconciles = 0
-        self._last_reconcile: dict[str, Any] = {}
-        self._last_partner_change: dict[str, Any] = {}
+        self._last_change: dict[str, dict[str, Any]] = {}  # source (modbus, partners, mqtt) → its last change
         self._partner_problems: dict[str, str] = {}
-        self._last_mqtt_change: dict[str, Any] = {}
         if ray.get_runtime_context().was_current_actor_reconstructed:
             # Our children died with the old process: rebuild them without waiting for a caller.
             asyncio.get_running_loop().create_task(self.start())
@@ -166,7 +166,7 @@ class Supervisor:
         connections = await self._load()
         s = self._settings
         for role, actor_class, count in (("device-processor", DeviceProcessor, s.device_processors),
-                                         ("pg-writer", PgWriter, s.pg_writers)):
+                                         ("pg-writer", PgWriter, s.pg_writers), ("backfill", BackfillActor, 1)):
             for i in range(count):
                 self._children[f"{role}-{i}"] = Child(f"{role}-{i}", role, actor_class)
         others = list(self._children.values())
@@ -231,13 +231,7 @@ class Supervisor:
                 child.config, child.version = wanted[name].config, wanted[name].version
                 calls.append(self._reconfigure_partner(child))
             await asyncio.gather(*calls)
-            summary = {"at": time.time(), "added": added, "removed": removed, "changed": changed}
-            if added or removed or changed:
-                self._last_partner_change = summary
-                log.info("partners reconciled: %s", summary)
-                self._audit.emit(audit.RECONFIGURED, SUPERVISOR_NAME, "supervisor", source="partners",
-                                 **{k: summary[k] for k in ("added", "removed", "changed")})
-            return summary
+            return self._reconciled("partners", added, removed, changed)
 
     async def _reconfigure_partner(self, child: Child) -> None:
         try:
@@ -280,13 +274,7 @@ class Supervisor:
             for name in removed:
                 calls.append(self._stop_mqtt(self._children.pop(name)))
             await asyncio.gather(*calls)
-            summary = {"at": time.time(), "added": added, "changed": changed, "removed": removed}
-            if added or changed or removed:
-                self._last_mqtt_change = summary
-                log.info("MQTT shards reconciled: %s", summary)
-                self._audit.emit(audit.RECONFIGURED, SUPERVISOR_NAME, "supervisor", source="mqtt",
-                                 **{k: summary[k] for k in ("added", "removed", "changed")})
-            return summary
+            return self._reconciled("mqtt", added, removed, changed)
 
     async def _reconfigure_mqtt(self, child: Child) -> None:
         try:
@@ -327,20 +315,22 @@ class Supervisor:
                     child.assignment = assignment
                     calls.append(self._reassign(child))
             await asyncio.gather(*calls)
-            summary = {
-                "at": time.time(),
-                "added": sorted(wanted.keys() - before.keys()),
-                "removed": sorted(before.keys() - wanted.keys()),
-                "changed": sorted(cid for cid in wanted.keys() & before.keys() if wanted[cid] != before[cid]),
-                "shards_called": len(calls),
-            }
             self._reconciles += 1
-            if summary["added"] or summary["removed"] or summary["changed"]:
-                self._last_reconcile = summary
-                log.info("reconciled: %s", summary)
-                self._audit.emit(audit.RECONFIGURED, SUPERVISOR_NAME, "supervisor",
-                                 **{k: summary[k] for k in ("added", "removed", "changed")})
-            return summary
+            changed = sorted(cid for cid in wanted.keys() & before.keys() if wanted[cid] != before[cid])
+            return self._reconciled("modbus", sorted(wanted.keys() - before.keys()),
+                                    sorted(before.keys() - wanted.keys()), changed, shards_called=len(calls))
+
+    def _reconciled(self, source: str, added: list[str], removed: list[str], changed: list[str],
+                    **extra: Any) -> dict[str, Any]:
+        """The summary of a reconcile of `source` (modbus, partners, mqtt); one that changed something is
+        also kept for `status`, logged and audited."""
+        change = {"added": added, "removed": removed, "changed": changed}
+        summary = {"at": time.time(), **change, **extra}
+        if added or removed or changed:
+            self._last_change[source] = summary
+            log.info("%s reconciled: %s", source, summary)
+            self._audit.emit(audit.RECONFIGURED, SUPERVISOR_NAME, "supervisor", source=source, **change)
+        return summary
 
     async def _reassign(self, child: Child) -> None:
         try:
@@ -446,10 +436,10 @@ class Supervisor:
             "node_id": ray.get_runtime_context().get_node_id(),
             "uptime_s": round(time.time() - self._started_at, 1),
             "reconciles": self._reconciles,
-            "last_change": self._last_reconcile,
-            "last_partner_change": self._last_partner_change,
+            "last_change": self._last_change.get("modbus", {}),
+            "last_partner_change": self._last_change.get("partners", {}),
             "partner_problems": self._partner_problems,
-            "last_mqtt_change": self._last_mqtt_change,
+            "last_mqtt_change": self._last_change.get("mqtt", {}),
             "children": {
                 c.name: {"role": c.role, "connections": len(c.assignment), "restarts": c.restarts,
                          "connection_ids": [x.connection_id for x in c.assignment]

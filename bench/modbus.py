@@ -79,17 +79,25 @@ def _meterray_processes() -> list[psutil.Process]:
     return found
 
 
+def process_name(cmdline: list[str]) -> str:
+    """A Ray worker's short name: its actor class. Ray titles a busy actor's process
+    `ray::<Class>.<method>` (`ray::ModbusShard.ping`) and an idle one `ray::<Class>`, so the name is cut
+    at the first dot: one name per actor whatever it was doing when sampled."""
+    name = cmdline[0]
+    if name.startswith("ray::"):
+        return name.removeprefix("ray::").split(".", 1)[0]
+    return "idle worker" if "default_worker" in " ".join(cmdline) else name
+
+
 def _cpu_and_rss(procs: list[psutil.Process]) -> tuple[dict[int, tuple[str, float, float]], float]:
     """(name, CPU seconds so far, RSS MiB) by pid (with a short process name), and the summed RSS in MiB."""
     out, rss = {}, 0.0
     for p in procs:
         try:
             t = p.cpu_times()
-            name = p.cmdline()[0] if p.pid != os.getpid() else "driver"
+            name = process_name(p.cmdline()) if p.pid != os.getpid() else "driver"
             mem = p.memory_info().rss / 2**20
-            out[p.pid] = (name.removeprefix("ray::") if name.startswith("ray::") else
-                          "idle worker" if "default_worker" in " ".join(p.cmdline()) else name,
-                          t.user + t.system, mem)
+            out[p.pid] = (name, t.user + t.system, mem)
             rss += mem
         except (psutil.Error, IndexError):
             pass

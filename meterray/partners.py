@@ -242,6 +242,10 @@ class PartnerConfig(_Frozen):
     enabled: bool = True
     devices: tuple[PartnerDevice, ...] = ()
     paths: tuple[PathConfig, ...] = ()
+    # How far back the partner can send readings again: a gap in a device's half-hours within this window
+    # is asked for as a backfill of the path that carries the quantity (actors/backfill.py). Partner APIs
+    # commonly keep days to months of history; null: it keeps none, its gaps are only estimated.
+    backfill_window_s: float | None = Field(7 * 86_400.0, ge=60.0, le=366 * 86_400.0, allow_inf_nan=False)
 
     @field_validator("base_url")
     @classmethod
@@ -270,6 +274,21 @@ class PartnerConfig(_Frozen):
             if p.name == name:
                 return p
         raise KeyError(f"partner {self.partner_id!r} has no path {name!r}; paths: {[p.name for p in self.paths]}")
+
+    def backfill_path(self, quantity: str) -> PathConfig | None:
+        """The readings path a backfill of `quantity` (OBIS) walks: the first that surely carries it (a
+        `values` entry or a `quantity_map` target), else the first with one value per record (its records
+        may name any OBIS code); None when no path can bring it."""
+        maybe: PathConfig | None = None
+        for p in self.paths:
+            m = p.readings
+            if m is None:
+                continue
+            if quantity in m.quantity_map.values() or any(v.quantity == quantity for v in m.values):
+                return p
+            if maybe is None and m.quantity is not None:
+                maybe = p
+        return maybe
 
     def secrets(self) -> dict[str, str]:
         """Every secret by its place in the document (`auth.key`, `webhook_secret`, …)."""

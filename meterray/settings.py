@@ -58,6 +58,10 @@ class Settings(BaseModel):
     connections_per_shard: int = Field(1000, ge=1)
     shard_max_polls_per_s: float = Field(1000.0, gt=0)
     reconcile_interval_s: float = Field(30.0, gt=0)  # the supervisor re-reads the connections this often too
+    # The gap scan (actors/backfill.py) asks the sources that can resend data for the gaps in their devices'
+    # half-hours this often, the first time shortly after start. A partner's gap is at least 90 minutes (3 ×
+    # the expected half-hourly cadence), so scanning every 15 minutes asks within a sixth of that.
+    backfill_scan_s: float = Field(900.0, ge=1.0, le=86_400.0)
     # Poll results a Modbus shard holds while Kafka does not take them, in MB of encoded records (Python's
     # own overhead adds ~15 %); past it the oldest are dropped (counted, logged). A meter's poll result is
     # ~750 bytes, so 64 MB ≈ 85,000 results ≈ 70 s of a full shard (250 connections × 5 meters) at 1 s,

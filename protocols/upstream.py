@@ -1,10 +1,17 @@
-"""Typed failures of the external services the users service calls (api-fns, the supply-contract check).
+"""Typed failures of the external services the users service calls (api-fns, the supply-contract check),
+and the one GET both clients make.
 
 Clients translate every library error and every documented error answer into one of these, once, at
 their boundary. Messages never quote a request URL, header or key (api-fns takes its key in the query
 string, so an aiohttp error's text would carry it).
 """
 from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable, Mapping
+from typing import Self
+
+import aiohttp
 
 
 class UpstreamError(Exception):
@@ -40,3 +47,56 @@ class Unavailable(UpstreamError):
 
 class InvalidRequest(UpstreamError):
     """The provider refuses what we asked (a malformed value): the caller's input, not an outage."""
+
+
+def retry_after(headers: Mapping[str, str]) -> float | None:
+    """RFC 9110 §10.2.3 Retry-After in seconds (the HTTP-date form is not used by these services)."""
+    value = headers.get("Retry-After")
+    try:
+        return max(0.0, float(value)) if value is not None else None
+    except ValueError:
+        return None
+
+
+class UpstreamClient:
+    """One lazily opened aiohttp session and the one GET every call of these services is: the body of a
+    200 answer, or a typed error (a provider's own error answer through `provider_error`)."""
+
+    def __init__(self, service: str, provider_error: Callable[[int, bytes, float | None], UpstreamError], *,
+                 timeout_s: float, max_body_bytes: int, headers: Mapping[str, str] | None = None) -> None:
+        self._service = service
+        self._provider_error = provider_error
+        self._timeout = aiohttp.ClientTimeout(total=timeout_s)
+        self._max_body = max_body_bytes
+        self._headers = dict(headers or {})
+        self._session: aiohttp.ClientSession | None = None
+
+    async def __aenter__(self) -> Self:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    async def close(self) -> None:
+        if self._session is not None:
+            await self._session.close()
+            self._session = None
+
+    def _http(self) -> aiohttp.ClientSession:
+        if self._session is None or self._session.closed:
+            self._session = aiohttp.ClientSession(timeout=self._timeout, headers=self._headers)
+        return self._session
+
+    async def get(self, url: str, params: Mapping[str, str], too_large: str) -> bytes:
+        """The body of `GET url?params`; `too_large` says what an answer over the size limit cannot be."""
+        try:
+            async with self._http().get(url, params=params) as resp:
+                raw = await resp.content.read(self._max_body + 1)
+                if len(raw) > self._max_body:
+                    raise Unavailable(self._service, too_large)
+                if resp.status != 200:
+                    raise self._provider_error(resp.status, raw, retry_after(resp.headers))
+        except (aiohttp.ClientError, asyncio.TimeoutError) as err:
+            # The type only: aiohttp's texts quote the URL, which may hold the key (api-fns takes it in the query).
+            raise Unavailable(self._service, f"no answer ({type(err).__name__})") from None
+        return raw

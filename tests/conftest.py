@@ -40,6 +40,7 @@ def settings() -> Iterator[Settings]:
         "ray_namespace": f"meterray-test-{RUN_ID}",
         "api_port": int(os.environ.get("METERRAY_TEST_API_PORT", "18000")),
         "connections_per_shard": 2,
+        "backfill_scan_s": 5.0,  # the gap scan runs within the tests' patience (tests/pipeline/test_backfill.py)
     })
     asyncio.run(drop_database(base.pg_dsn, test_db))
 

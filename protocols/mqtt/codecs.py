@@ -27,6 +27,7 @@ from typing import Any
 
 import orjson
 
+from meterray.describe import json_kind
 from meterray.domain import ReadingBatch, Value
 from meterray.mqtt_config import JsonMapping, MqttConnection
 from meterray.quantities import QUANTITIES
@@ -85,7 +86,7 @@ def decode_own(device_id: str, payload: bytes, source: str, now_ms: int) -> Read
     ts = _ts(doc["ts"], "auto", now_ms)
     values = doc.get("values")
     if not isinstance(values, dict):
-        raise DecodeError(f"values must be an object of OBIS code → number, got {_kind(values)}")
+        raise DecodeError(f"values must be an object of OBIS code → number, got {json_kind(values)}")
     return ReadingBatch(device_id, ts, source, _obis_values(values, "values"))
 
 
@@ -94,20 +95,20 @@ def decode_gateway(payload: bytes, source: str, now_ms: int) -> list[ReadingBatc
     doc = _object(payload)
     base = doc.get("ts")
     if type(base) is not int:
-        raise DecodeError(f"ts must be integer epoch milliseconds, got {_kind(base)}")
+        raise DecodeError(f"ts must be integer epoch milliseconds, got {json_kind(base)}")
     meters = doc.get("meters")
     if not isinstance(meters, dict) or not meters:
-        raise DecodeError(f"meters must be a non-empty object of device id → readings, got {_kind(meters)}")
+        raise DecodeError(f"meters must be a non-empty object of device id → readings, got {json_kind(meters)}")
     out: list[ReadingBatch] = []
     for device_id, readings in meters.items():
         _check_device_id(device_id)
         if not isinstance(readings, list) or not readings:
             raise DecodeError(f"meters[{device_id!r}] must be a non-empty list of [ms after ts, values], "
-                              f"got {_kind(readings)}")
+                              f"got {json_kind(readings)}")
         for i, r in enumerate(readings):
             if not (isinstance(r, list) and len(r) == 2 and type(r[0]) is int and isinstance(r[1], dict)):
                 raise DecodeError(f"meters[{device_id!r}][{i}] must be [ms after ts, {{OBIS code: number}}], "
-                                  f"got {_kind(r)}")
+                                  f"got {json_kind(r)}")
             ts = _ts(base + r[0], "epoch_ms", now_ms)
             out.append(ReadingBatch(device_id, ts, source, _obis_values(r[1], f"meters[{device_id!r}][{i}]")))
             if len(out) > MAX_BATCHES_PER_MESSAGE:
@@ -127,13 +128,13 @@ def decode_mapped(topic: str, payload: bytes, m: JsonMapping, source: str, now_m
     else:
         raw_id = _field(doc, m.device_field)
         if not isinstance(raw_id, (str, int)) or isinstance(raw_id, bool):
-            raise DecodeError(f"{m.device_field} must be the device id (a string), got {_kind(raw_id)}")
+            raise DecodeError(f"{m.device_field} must be the device id (a string), got {json_kind(raw_id)}")
         device_id = str(raw_id)
     _check_device_id(device_id)
     ts = _ts(_field(doc, m.ts_field), m.ts_format, now_ms, m.ts_field)
     container = doc if not m.values_field else _field(doc, m.values_field)
     if not isinstance(container, dict):
-        raise DecodeError(f"{m.values_field or 'the message'} must be an object of values, got {_kind(container)}")
+        raise DecodeError(f"{m.values_field or 'the message'} must be an object of values, got {json_kind(container)}")
     names, scale = dict(m.names), dict(m.scale)
     skip = {m.ts_field, m.device_field} if not m.values_field else set()
     picked: dict[str, Any] = {}
@@ -167,7 +168,7 @@ def _object(payload: bytes) -> dict[str, Any]:
     except orjson.JSONDecodeError as err:
         raise DecodeError(f"not valid JSON ({err})") from None
     if not isinstance(doc, dict):
-        raise DecodeError(f"payload must be a JSON object, got {_kind(doc)}")
+        raise DecodeError(f"payload must be a JSON object, got {json_kind(doc)}")
     return doc
 
 
@@ -195,14 +196,14 @@ def _obis_values(values: dict[str, Any], where: str) -> tuple[Value, ...]:
         if unit is None:
             raise DecodeError(f"{where}: unknown OBIS code {obis[:40]!r}; known codes are listed in "
                               "meterray.quantities")
-        raise DecodeError(f"{where}: value of {obis} must be a finite number, got {_kind(value)}")
+        raise DecodeError(f"{where}: value of {obis} must be a finite number, got {json_kind(value)}")
     return tuple(out)
 
 
 def _ts(raw: Any, fmt: str, now_ms: int, name: str = "ts") -> int:
     if fmt == "iso8601" or (fmt == "auto" and isinstance(raw, str)):
         if not isinstance(raw, str):
-            raise DecodeError(f"{name} must be an ISO 8601 string, got {_kind(raw)}")
+            raise DecodeError(f"{name} must be an ISO 8601 string, got {json_kind(raw)}")
         try:
             parsed = datetime.fromisoformat(raw)
         except ValueError:
@@ -212,11 +213,11 @@ def _ts(raw: Any, fmt: str, now_ms: int, name: str = "ts") -> int:
         ts = int(round(parsed.timestamp() * 1000))
     elif fmt == "epoch_s":
         if type(raw) not in (int, float) or not math.isfinite(raw):
-            raise DecodeError(f"{name} must be epoch seconds (a number), got {_kind(raw)}")
+            raise DecodeError(f"{name} must be epoch seconds (a number), got {json_kind(raw)}")
         ts = int(round(raw * 1000))
     else:
         if type(raw) is not int:
-            raise DecodeError(f"{name} must be integer epoch milliseconds or an ISO 8601 string, got {_kind(raw)}")
+            raise DecodeError(f"{name} must be integer epoch milliseconds or an ISO 8601 string, got {json_kind(raw)}")
         ts = raw
     if not MIN_TS_MS <= ts <= now_ms + MAX_AHEAD_MS:
         raise DecodeError(f"{name} {ts} is outside the accepted window (2000-01-01T00:00Z to 24 h from now): "
@@ -228,13 +229,3 @@ def _check_device_id(device_id: Any) -> None:
     if not isinstance(device_id, str) or not _DEVICE_ID.match(device_id):
         raise DecodeError(f"device id {str(device_id)[:60]!r} is not 1..128 printable characters "
                           "(A-Z a-z 0-9 . _ : @ / + -, starting with a letter or digit)")
-
-
-def _kind(value: Any) -> str:
-    names = {type(None): "null", bool: "boolean", int: "integer", float: "number", str: "string",
-             list: "array", dict: "object"}
-    name = names.get(type(value), type(value).__name__)
-    if value is None or isinstance(value, (list, dict)):
-        return name
-    text = repr(value)
-    return f"{name} {text[:40]}{'…' if len(text) > 40 else ''}"

@@ -23,14 +23,17 @@ SUPERVISOR_TIMEOUT_S = 10.0
 # Counters of a child's ping that get a rate, per role.
 RATED = {"modbus-shard": ("polls_ok", "polls_failed", "readings", "delivered", "dead_letters"),
          "device-processor": ("messages", "dead_letters"),
-         "pg-writer": ("messages", "dead_letters")}
+         "pg-writer": ("messages", "dead_letters"),
+         "backfill": ("messages", "dead_letters")}
 SHOWN = {"modbus-shard": ("polls_ok", "polls_failed", "readings", "dead_letters", "overruns", "connects",
                           "buffered_records", "buffer_peak_records", "buffer_dropped_records", "delivery_failures",
                           "redelivered", "p50_ms", "p99_ms"),
          "device-processor": ("batches", "messages", "dead_letters", "sink_failures", "paused", "outage_s",
                               "rebalances", "consumer_reopened", "last_error"),
          "pg-writer": ("batches", "messages", "dead_letters", "sink_failures", "paused", "outage_s",
-                       "rebalances", "consumer_reopened", "last_error")}
+                       "rebalances", "consumer_reopened", "last_error"),
+         "backfill": ("scans", "gaps_requested", "last_scan_at", "last_scan_ms", "last_scan_error", "messages",
+                      "backfills_created", "already_asked", "dead_letters", "sink_failures", "paused", "last_error")}
 
 
 @dataclass(frozen=True, slots=True)

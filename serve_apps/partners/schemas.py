@@ -65,6 +65,8 @@ class BackfillOut(BaseModel):
     detail: str | None
     pages: int
     records: int
+    device_id: str | None = None  # the device and quantity whose gap the scan asked for; None: asked by hand
+    quantity: str | None = None
 
 
 class WebhookOut(BaseModel):

@@ -34,8 +34,23 @@ def encode(request: BackfillRequest) -> bytes:
     return orjson.dumps(asdict(request))
 
 
-def decode(raw: bytes) -> BackfillRequest:
-    doc: dict[str, Any] = orjson.loads(raw)
+_TYPES: dict[str, tuple[type, ...]] = {f: (str,) for f in ("device_id", "protocol", "quantity", "start", "end",
+                                                             "requested_at")}
+_TYPES.update(half_hours=(int,), estimated_by=(str, type(None)))
+
+
+def decode(raw: bytes | None) -> BackfillRequest:
+    """A request as `encode` wrote it; ValueError (saying what is wrong) for anything else."""
+    try:
+        doc: Any = orjson.loads(raw or b"")
+    except orjson.JSONDecodeError as err:
+        raise ValueError(f"not JSON ({err})") from None
+    if not isinstance(doc, dict) or doc.keys() != _TYPES.keys():
+        found = sorted(doc) if isinstance(doc, dict) else type(doc).__name__
+        raise ValueError(f"a request is an object with exactly {sorted(_TYPES)}, got {found}")
+    wrong = sorted(k for k, v in doc.items() if not isinstance(v, _TYPES[k]) or isinstance(v, bool))
+    if wrong:
+        raise ValueError(f"wrong type of {wrong}")
     return BackfillRequest(**doc)
 
 

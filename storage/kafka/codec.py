@@ -23,6 +23,7 @@ from typing import Any
 import msgspec
 import orjson
 
+from meterray.describe import json_kind
 from meterray.domain import (
     DeviceEvent,
     DeviceStatus,
@@ -177,13 +178,13 @@ def _explain(raw: bytes | None, now_ms: int | None) -> None:
                              f" (JSONDecodeError: {err})") from None
         raise CodecError(f"not valid JSON (JSONDecodeError: {err})") from None
     if not isinstance(doc, dict):
-        raise CodecError(f"message must be a JSON object, got {_kind(doc)}")
+        raise CodecError(f"message must be a JSON object, got {json_kind(doc)}")
     device_id = _text(doc, "device_id", MAX_DEVICE_ID_CHARS, required=True)
     if not device_id:
         raise CodecError("device_id must be a non-empty string")
     ts = doc.get("ts")
     if type(ts) is not int:  # bool is an int subclass, and orjson turns out-of-range integers into floats
-        raise CodecError(f"ts must be integer epoch milliseconds, got {_kind(ts)}")
+        raise CodecError(f"ts must be integer epoch milliseconds, got {json_kind(ts)}")
     now = int(time.time() * 1000) if now_ms is None else now_ms
     if not MIN_TS_MS <= ts <= now + MAX_AHEAD_MS:
         raise CodecError(f"ts {ts} is outside the accepted window (2000-01-01T00:00Z to 24 h from now, "
@@ -199,7 +200,7 @@ def _explain(raw: bytes | None, now_ms: int | None) -> None:
 
 def _explain_failure(f: Any, has_values: bool) -> None:
     if not isinstance(f, dict):
-        raise CodecError(f"failure must be an object, got {_kind(f)}")
+        raise CodecError(f"failure must be an object, got {json_kind(f)}")
     kind = f.get("kind")
     if not isinstance(kind, str) or kind not in _FAILURE_KINDS:
         known = ", ".join(k.value for k in FailureKind)
@@ -211,7 +212,7 @@ def _explain_failure(f: Any, has_values: bool) -> None:
 
 def _explain_status(st: Any, has_other: bool) -> None:
     if not isinstance(st, dict):
-        raise CodecError(f"status must be an object, got {_kind(st)}")
+        raise CodecError(f"status must be an object, got {json_kind(st)}")
     for key, value in st.items():
         if key not in _STATUS_FIELDS:
             raise CodecError(f"status: unknown field {str(key)[:40]!r} (known: {', '.join(_STATUS_FIELDS)})")
@@ -219,14 +220,14 @@ def _explain_status(st: Any, has_other: bool) -> None:
             if value is not None:
                 _text(st, key, MAX_ERROR_CODE_CHARS)
         elif value is not None and not isinstance(value, bool):
-            raise CodecError(f"status: {key} must be true, false or null, got {_kind(value)}")
+            raise CodecError(f"status: {key} must be true, false or null, got {json_kind(value)}")
     if has_other:
         raise CodecError("a record holds one of values, failure or status, not two")
 
 
 def _explain_values(raw_values: Any) -> None:
     if type(raw_values) is not list:
-        raise CodecError(f"values must be a list of [quantity, value, unit, flags], got {_kind(raw_values)}")
+        raise CodecError(f"values must be a list of [quantity, value, unit, flags], got {json_kind(raw_values)}")
     if len(raw_values) > MAX_VALUES:
         raise CodecError(f"{len(raw_values)} values in one batch exceed the limit of {MAX_VALUES}")
     seen: set[str] = set()
@@ -238,10 +239,10 @@ def _explain_values(raw_values: Any) -> None:
 def _explain_value(i: int, item: Any, seen: set[str]) -> None:
     """Raise the CodecError that says what is wrong with values[i], if anything is."""
     if not isinstance(item, list) or len(item) != 4:
-        raise CodecError(f"values[{i}] must be [quantity, value, unit, flags], got {_kind(item)}")
+        raise CodecError(f"values[{i}] must be [quantity, value, unit, flags], got {json_kind(item)}")
     obis, value, unit, flags = item
     if not isinstance(obis, str):
-        raise CodecError(f"values[{i}]: quantity must be an OBIS code string, got {_kind(obis)}")
+        raise CodecError(f"values[{i}]: quantity must be an OBIS code string, got {json_kind(obis)}")
     q = QUANTITIES.get(obis)
     if q is None:
         raise CodecError(f"values[{i}]: unknown OBIS quantity {obis[:40]!r}; "
@@ -249,17 +250,17 @@ def _explain_value(i: int, item: Any, seen: set[str]) -> None:
     if obis in seen:
         raise CodecError(f"values[{i}]: quantity {obis} appears twice in one batch")
     if type(value) not in (int, float):
-        raise CodecError(f"values[{i}]: value of {obis} must be a number, got {_kind(value)}")
+        raise CodecError(f"values[{i}]: value of {obis} must be a number, got {json_kind(value)}")
     if not math.isfinite(value):
         raise CodecError(f"values[{i}]: value of {obis} is not finite")
     if not isinstance(unit, str):
-        raise CodecError(f"values[{i}]: unit of {obis} must be a string, got {_kind(unit)}")
+        raise CodecError(f"values[{i}]: unit of {obis} must be a string, got {json_kind(unit)}")
     if unit != q.unit:
         raise CodecError(f"values[{i}]: unit {unit[:20]!r} does not match {obis} ({q.name}), "
                          f"which is in {q.unit or 'no unit'!r}")
     if type(flags) is not int or flags < 0:
         raise CodecError(f"values[{i}]: quality flags of {obis} must be a non-negative integer, "
-                         f"got {_kind(flags)}")
+                         f"got {json_kind(flags)}")
     if flags & ~KNOWN_QUALITY_BITS:
         known = ", ".join(f"{f.name}={int(f)}" for f in Quality if f)
         raise CodecError(f"values[{i}]: unknown quality flag bits {flags & ~KNOWN_QUALITY_BITS:#x} "
@@ -276,7 +277,7 @@ def _text(doc: dict[str, Any], key: str, limit: int, required: bool = False, fre
         return ""
     value = doc[key]
     if not isinstance(value, str):
-        raise CodecError(f"{key} must be a string, got {_kind(value)}")
+        raise CodecError(f"{key} must be a string, got {json_kind(value)}")
     if len(value) > limit:
         raise CodecError(f"{key} of {len(value)} characters exceeds the limit of {limit}")
     bad = (_NUL_OR_CONTROL if free_text else _CONTROL).search(value)
@@ -284,17 +285,6 @@ def _text(doc: dict[str, Any], key: str, limit: int, required: bool = False, fre
         raise CodecError(f"{key} contains the control character {bad.group()!r} (NUL and control characters "
                          "cannot be stored)")
     return value
-
-
-def _kind(value: Any) -> str:
-    """How a wrong value looks, for a reason: the JSON type name and a short excerpt."""
-    names = {type(None): "null", bool: "boolean", int: "integer", float: "number", str: "string",
-             list: "array", dict: "object"}
-    name = names.get(type(value), type(value).__name__)
-    if value is None or isinstance(value, (list, dict)):
-        return name
-    text = repr(value)
-    return f"{name} {text[:40]}{'…' if len(text) > 40 else ''}"
 
 
 def encode_dead_letter(reason: str, raw: bytes | None, **context: Any) -> bytes:

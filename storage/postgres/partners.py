@@ -7,7 +7,7 @@ A partner's document is stored in clear with every secret masked; the secrets ar
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
 import asyncpg
@@ -88,10 +88,11 @@ async def _sync_devices(conn: asyncpg.Connection, config: PartnerConfig) -> None
         "DELETE FROM devices.devices WHERE id IN (SELECT device_id FROM partners.devices"
         " WHERE partner_id = $1 AND NOT device_id = ANY($2::text[]))", config.partner_id, keep)
     await conn.execute("DELETE FROM partners.devices WHERE partner_id = $1", config.partner_id)
+    window = None if config.backfill_window_s is None else timedelta(seconds=config.backfill_window_s)
     await conn.executemany(
-        "INSERT INTO devices.devices (id, name, protocol, profile) VALUES ($1, $2, $3, $4)"
-        " ON CONFLICT (id) DO UPDATE SET name = excluded.name",
-        [(d.device_id, f"{config.partner_id}/{d.external_id}", PROTOCOL, PROFILE) for d in config.devices])
+        "INSERT INTO devices.devices (id, name, protocol, profile, backfill_window) VALUES ($1, $2, $3, $4, $5)"
+        " ON CONFLICT (id) DO UPDATE SET name = excluded.name, backfill_window = excluded.backfill_window",
+        [(d.device_id, f"{config.partner_id}/{d.external_id}", PROTOCOL, PROFILE, window) for d in config.devices])
     await conn.executemany(
         "INSERT INTO partners.devices (partner_id, external_id, device_id) VALUES ($1, $2, $3)",
         [(config.partner_id, d.external_id, d.device_id) for d in config.devices])
@@ -189,6 +190,53 @@ async def add_backfill(pool: asyncpg.Pool | asyncpg.Connection, partner_id: str,
                                    " VALUES ($1, $2, $3, $4) RETURNING id", partner_id, path, since, until))
 
 
+async def partners_of(pool: asyncpg.Pool | asyncpg.Connection, device_ids: list[str]) -> dict[str, str]:
+    """Device id → the partner it belongs to, for those of `device_ids` that belong to one."""
+    rows = await pool.fetch("SELECT device_id, partner_id FROM partners.devices WHERE device_id = ANY($1::text[])",
+                            device_ids)
+    return {r["device_id"]: r["partner_id"] for r in rows}
+
+
+@dataclass(frozen=True, slots=True)
+class GapBackfill:
+    """A gap of one device's quantity for its partner to send again: partners.backfills row to be."""
+
+    partner_id: str
+    path: str
+    device_id: str
+    quantity: str
+    since: datetime
+    until: datetime
+
+
+async def request_backfills(conn: asyncpg.Connection, gaps: list[GapBackfill],
+                            settle: timedelta) -> list[int | None]:
+    """Store a pending backfill for each gap, in one transaction; for each, the new row's id, or None
+    when a row already covers its range — one of the same device and quantity, or one of the same
+    partner and path (a path's query names no device: its fetch brings every device's readings, so a
+    partner outage that left the same gap in all its meters is fetched once) — and that row is still
+    open (pending, running) or finished less than `settle` ago (its readings may still be on their way
+    to the archive, or the partner had nothing: asking again at once would only repeat it). A lock per
+    partner keeps two consumers (during a rebalance) from both inserting."""
+    out: list[int | None] = []
+    async with conn.transaction():
+        for partner_id in sorted({g.partner_id for g in gaps}):
+            await conn.execute("SELECT pg_advisory_xact_lock(hashtext('meterray.backfill:' || $1))", partner_id)
+        for g in gaps:
+            out.append(await conn.fetchval(
+                """
+                INSERT INTO partners.backfills (partner_id, path, since, until, device_id, quantity)
+                SELECT $1, $2, $3, $4, $5, $6
+                WHERE NOT EXISTS (SELECT 1 FROM partners.backfills b
+                                  WHERE (b.device_id = $5 AND b.quantity = $6 OR b.partner_id = $1 AND b.path = $2)
+                                    AND b.since <= $3 AND b.until >= $4
+                                    AND (b.status IN ('pending', 'running') OR b.updated_at > now() - $7::interval))
+                ON CONFLICT DO NOTHING
+                RETURNING id
+                """, g.partner_id, g.path, g.since, g.until, g.device_id, g.quantity, settle))
+    return out
+
+
 async def open_backfills(pool: asyncpg.Pool | asyncpg.Connection, partner_id: str) -> list[asyncpg.Record]:
     return await pool.fetch("SELECT id, path, since, until, state::text AS state, pages, records FROM"
                             " partners.backfills WHERE partner_id = $1 AND status IN ('pending', 'running')"
@@ -196,8 +244,8 @@ async def open_backfills(pool: asyncpg.Pool | asyncpg.Connection, partner_id: st
 
 
 async def get_backfill(pool: asyncpg.Pool | asyncpg.Connection, backfill_id: int) -> asyncpg.Record | None:
-    return await pool.fetchrow("SELECT id, partner_id, path, since, until, status, detail, pages, records"
-                               " FROM partners.backfills WHERE id = $1", backfill_id)
+    return await pool.fetchrow("SELECT id, partner_id, path, since, until, status, detail, pages, records,"
+                               " device_id, quantity FROM partners.backfills WHERE id = $1", backfill_id)
 
 
 async def save_backfill(pool: asyncpg.Pool | asyncpg.Connection, backfill_id: int, status: str,

@@ -79,3 +79,22 @@ def test_a_mask_does_not_carry_a_stored_secret_to_another_address() -> None:
                                    "token_url stay the same (and the partner exists); send the secret itself"]
     moved = validate_partner({**elsewhere, "auth": {"kind": "api_key", "key": "new-key"}}, stored)
     assert moved.secrets() == {"auth.key": "new-key"}
+
+
+def test_a_backfill_walks_the_path_that_carries_the_quantity() -> None:
+    status = {"device": "m", "timestamp": "t", "status": "s"}
+    wide = {"device": "m", "timestamp": "t", "values": [{"quantity": "1-0:2.8.0", "field": "export"}]}
+    mapped = {**READINGS, "quantity_map": {"energy": "1-0:1.8.0"}}
+    c = validate_partner(doc(paths=[{"name": "status", "url": "/s", "status": status},
+                                    {"name": "long", "url": "/l", "readings": READINGS},
+                                    {"name": "wide", "url": "/w", "readings": wide},
+                                    {"name": "mapped", "url": "/m", "readings": mapped}]))
+    # A path that names the quantity beats one whose records may carry any OBIS code; status paths never.
+    assert c.backfill_path("1-0:1.8.0").name == "mapped"  # type: ignore[union-attr]
+    assert c.backfill_path("1-0:2.8.0").name == "wide"  # type: ignore[union-attr]
+    assert c.backfill_path("1-0:16.7.0").name == "long"  # type: ignore[union-attr]
+    only_wide = validate_partner(doc(paths=[{"name": "wide", "url": "/w", "readings": wide}]))
+    assert only_wide.backfill_path("1-0:1.8.0") is None
+    assert c.backfill_window_s == 7 * 86_400  # by default a partner can resend a week
+    with pytest.raises(ConfigError, match="backfill_window_s"):
+        validate_partner(doc(backfill_window_s=0))

@@ -5,9 +5,12 @@ import asyncio
 import json
 import urllib.error
 import urllib.request
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import asyncpg
+
+from meterray.settings import Settings
 
 
 def http(method: str, url: str, body: Any = None) -> tuple[int, Any]:
@@ -27,6 +30,18 @@ def sql(dsn: str, query: str, *args: Any) -> list[asyncpg.Record]:
         conn = await asyncpg.connect(dsn)
         try:
             return await conn.fetch(query, *args)
+        finally:
+            await conn.close()
+
+    return asyncio.run(run())
+
+
+def db(settings: Settings, fn: Callable[..., Awaitable[Any]], *args: Any) -> Any:
+    """`fn(connection, *args)` on a connection of its own to the run's database (a storage function)."""
+    async def run() -> Any:
+        conn = await asyncpg.connect(settings.pg_dsn)
+        try:
+            return await fn(conn, *args)
         finally:
             await conn.close()
 

@@ -8,7 +8,6 @@ points and their checksum in PostgreSQL equal what the broker acknowledged to th
 """
 from __future__ import annotations
 
-import asyncio
 import json
 import os
 import signal
@@ -19,7 +18,6 @@ from collections.abc import Iterator
 from datetime import datetime, timezone
 from typing import Any
 
-import asyncpg
 import pytest
 import ray
 
@@ -28,20 +26,10 @@ from meterray.settings import Settings
 from storage.kafka import codec, topics
 from storage.postgres import mqtt as mqtt_repo
 from tests.conftest import RUN_ID, wait_for
-from tests.pipeline.helpers import all_devices, read_topic, sql
+from tests.pipeline.helpers import all_devices, db, read_topic, sql
 
 PREFIX = f"test-{RUN_ID}"
 
-
-def _db(settings: Settings, fn: Any, *args: Any) -> Any:
-    async def run() -> Any:
-        conn = await asyncpg.connect(settings.pg_dsn)
-        try:
-            return await fn(conn, *args)
-        finally:
-            await conn.close()
-
-    return asyncio.run(run())
 
 
 def _connection(name: str, **kw: Any) -> MqttConnection:
@@ -99,12 +87,12 @@ def mqtt_connections(runtime: dict) -> Iterator[list[MqttConnection]]:
     """Connections a test registers (appended to the list); removed after it."""
     made: list[MqttConnection] = []
     yield made
-    _db(runtime["settings"], mqtt_repo.delete_mqtt_connections, [c.connection_id for c in made])
+    db(runtime["settings"], mqtt_repo.delete_mqtt_connections, [c.connection_id for c in made])
 
 
 def _register(runtime: dict, made: list[MqttConnection], *conns: MqttConnection) -> None:
     made.extend(conns)
-    _db(runtime["settings"], mqtt_repo.save_mqtt_connections, list(conns))
+    db(runtime["settings"], mqtt_repo.save_mqtt_connections, list(conns))
     for c in conns:
         wait_for(lambda c=c: _subscribed(runtime, c), 60, f"both shards of {c.connection_id} to subscribe")
 
@@ -146,7 +134,7 @@ def test_gateway_batches_and_unknown_devices_refused_when_registration_is_off(
     settings = runtime["settings"]
     conn = _connection("gw", topic_filter=f"{PREFIX}/gw/gateways/+/batch", payload_format="gateway")
     known = [f"{PREFIX}-gw-{i:06d}" for i in range(6)]  # 6 of the gateway's 8 meters are registered
-    _db(settings, mqtt_repo.register_mqtt_devices, known)
+    db(settings, mqtt_repo.register_mqtt_devices, known)
     _register(runtime, mqtt_connections, conn)
     published = _simulate(settings, "gw", "--format", "gateway", "--meters", "6", "--per-message", "12",
                           "--rate", "20", "--count", "40")
@@ -229,7 +217,7 @@ def test_changing_one_mqtt_connection_leaves_the_other_streams_uninterrupted(
     wait_for(lambda: _in_pg(settings, f"{PREFIX}-changing-")[0] > 0, 60, "the changing stream to flow")
     changed = MqttConnection(**{**_fields(changing), "inflight": 50})
     changed_at = time.time()
-    _db(settings, mqtt_repo.save_mqtt_connections, [changed])
+    db(settings, mqtt_repo.save_mqtt_connections, [changed])
     wait_for(lambda: ray.get(runtime["supervisor"].status.remote())["last_mqtt_change"].get("changed") ==
              [f"mqtt-shard-{changed.connection_id}-0", f"mqtt-shard-{changed.connection_id}-1"], 20,
              "the supervisor to reconfigure the changed connection's shards")
@@ -289,7 +277,7 @@ def test_demo_connection_registers_a_device_published_with_mosquitto_pub(runtime
         assert [(r["quantity"], r["value"]) for r in current] == [("1-0:1.8.0", 1234.5), ("1-0:16.7.0", 850.0),
                                                                   ("1-0:32.7.0", 231.2)]
     finally:
-        _db(settings, mqtt_repo.delete_mqtt_connections, [DEMO_MQTT_CONNECTION])
+        db(settings, mqtt_repo.delete_mqtt_connections, [DEMO_MQTT_CONNECTION])
 
 
 def test_a_removed_connection_stops_its_shards_and_its_session(runtime: dict,
@@ -299,7 +287,7 @@ def test_a_removed_connection_stops_its_shards_and_its_session(runtime: dict,
     _register(runtime, mqtt_connections, conn)
     published = _simulate(settings, "gone", "--meters", "3", "--rate", "30", "--count", "30")
     _all_in_pg(settings, f"{PREFIX}-gone-", published)
-    _db(settings, mqtt_repo.delete_mqtt_connections, [conn.connection_id])
+    db(settings, mqtt_repo.delete_mqtt_connections, [conn.connection_id])
     wait_for(lambda: not _shards(runtime, conn.connection_id), 30, "the removed connection's shards to stop")
     assert not _pings(runtime, conn.connection_id)
     # Published after the removal: nobody reads it any more, nothing of it is stored.

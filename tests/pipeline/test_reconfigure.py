@@ -7,7 +7,6 @@ connection.
 """
 from __future__ import annotations
 
-import asyncio
 import json
 import os
 import signal
@@ -16,9 +15,7 @@ from collections.abc import Iterator
 from dataclasses import replace
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
-from typing import Any
 
-import asyncpg
 import pytest
 import ray
 
@@ -28,7 +25,7 @@ from meterray.settings import Settings
 from protocols.modbus.profiles import PROFILES
 from storage.postgres import devices as device_repo
 from tests.conftest import POLL_INTERVAL_S, SIM_BASE_PORT, wait_for
-from tests.pipeline.helpers import all_devices, sql
+from tests.pipeline.helpers import all_devices, db, sql
 
 ENERGY = "1-0:1.8.0"
 EXTRA_BASE_PORT = SIM_BASE_PORT + 40  # control port one below
@@ -47,16 +44,6 @@ def extra_meters(runtime: dict, tmp_path_factory: pytest.TempPathFactory) -> Ite
     os.killpg(proc.pid, signal.SIGTERM)
     proc.wait(timeout=10)
 
-
-def _db(settings: Settings, fn: Any, *args: Any) -> Any:
-    async def run() -> Any:
-        conn = await asyncpg.connect(settings.pg_dsn)
-        try:
-            return await fn(conn, *args)
-        finally:
-            await conn.close()
-
-    return asyncio.run(run())
 
 
 def _status(runtime: dict) -> dict:
@@ -106,7 +93,7 @@ def test_add_change_remove_touch_only_those_connections(runtime: dict, extra_met
     try:
         # 1. add two connections (four meters)
         registered = time.monotonic()
-        _db(settings, device_repo.save_modbus_connections, extra)
+        db(settings, device_repo.save_modbus_connections, extra)
         wait_for(lambda: _all_have_readings_after(settings, extra_ids, t0), FIRST_REPORT_BOUND_S,
                  "the new meters' first readings in PostgreSQL")
         first_report_s = time.monotonic() - registered
@@ -115,10 +102,10 @@ def test_add_change_remove_touch_only_those_connections(runtime: dict, extra_met
 
         # 2. change one (its timeout) 3. remove the other
         changed = replace(extra[0], timeout_s=0.4)
-        _db(settings, device_repo.save_modbus_connections, [changed])
+        db(settings, device_repo.save_modbus_connections, [changed])
         wait_for(lambda: _status(runtime)["last_change"].get("changed") == [changed.connection_id], 20,
                  "the supervisor to apply the changed connection")
-        _db(settings, device_repo.delete_connections, [extra[1].connection_id])
+        db(settings, device_repo.delete_connections, [extra[1].connection_id])
         wait_for(lambda: _status(runtime)["last_change"].get("removed") == [extra[1].connection_id], 20,
                  "the supervisor to apply the removed connection")
         removed_at = datetime.now(timezone.utc)
@@ -130,7 +117,7 @@ def test_add_change_remove_touch_only_those_connections(runtime: dict, extra_met
                                                   t1 + timedelta(seconds=1)), 30, "readings after the changes")
         after = _status(runtime)
     finally:
-        _db(settings, device_repo.delete_connections, [c.connection_id for c in extra])
+        db(settings, device_repo.delete_connections, [c.connection_id for c in extra])
 
     # Nothing restarted, nothing of the originals moved.
     assert {n: c["restarts"] for n, c in _shards(after).items() if n in _shards(before)} == \
@@ -176,7 +163,7 @@ def test_bad_connections_fail_alone_with_a_reason(runtime: dict, extra_meters: l
                              " ('bad-mix-gone', 'x', 'modbus_tcp', 'retired-meter', 'bad-mix', 2)", good["profile"])
         sql(settings.pg_dsn, "UPDATE devices.profiles SET available = false WHERE name = 'retired-meter'")
         # A host name that does not resolve (RFC 2606 reserves .invalid): valid configuration, so stored.
-        _db(settings, device_repo.save_modbus_connections,
+        db(settings, device_repo.save_modbus_connections,
             [ModbusConnection("bad-dns", "no-such-meter.invalid", 502, 1.0, 0.5,
                               (DeviceSpec("bad-dns-1", "sdm630", 1),))])
 
@@ -201,7 +188,7 @@ def test_bad_connections_fail_alone_with_a_reason(runtime: dict, extra_meters: l
         for shard in ray.get(runtime["supervisor"].handles.remote("modbus-shard")):
             ray.get(shard.ping.remote())  # raises if any poll task died
     finally:
-        _db(settings, device_repo.delete_connections, ["bad-mix", "bad-dns"])
+        db(settings, device_repo.delete_connections, ["bad-mix", "bad-dns"])
         sql(settings.pg_dsn, "DELETE FROM devices.profiles WHERE name = 'retired-meter'")
 
 
@@ -221,10 +208,10 @@ def test_a_lost_listening_connection_is_reopened_and_changes_still_apply(runtime
     extra = manifest_connections(extra_meters, POLL_INTERVAL_S, 0.5, prefix="relisten-")[:1]
     try:
         registered = time.monotonic()
-        _db(settings, device_repo.save_modbus_connections, extra)
+        db(settings, device_repo.save_modbus_connections, extra)
         # Well inside the reconcile timer (30 s): the NOTIFY reached the new session.
         wait_for(lambda: _status(runtime)["last_change"].get("added") == [extra[0].connection_id], 10,
                  "the supervisor to apply a change signalled after the reconnect")
         print(f"\nchange applied {time.monotonic() - registered:.1f} s after it was stored (after a reconnect)")
     finally:
-        _db(settings, device_repo.delete_connections, [c.connection_id for c in extra])
+        db(settings, device_repo.delete_connections, [c.connection_id for c in extra])

@@ -115,3 +115,17 @@ def test_dead_letter_of_a_huge_record_keeps_its_head_and_size() -> None:
     assert record["raw_bytes"] == 2_000_000 and record["raw_truncated"] is True
     assert record["raw"] == raw[:codec.MAX_DEAD_LETTER_RAW_BYTES]
     assert base64.b64encode(record["raw"])  # still valid bytes
+
+
+def test_a_backfill_request_round_trips_and_anything_else_is_refused_with_why() -> None:
+    from storage.kafka import backfill
+
+    r = backfill.BackfillRequest("d-1", "partner_http", "1-0:1.8.0", "2026-11-20T10:00:00+00:00",
+                                 "2026-11-20T13:00:00+00:00", 6, None, "2026-11-20T14:00:00+00:00")
+    assert backfill.decode(backfill.encode(r)) == r
+    for raw, why in ((b"{", "not JSON"), (b"[]", "exactly"), (b'{"device_id": "d"}', "exactly"),
+                     (backfill.encode(r).replace(b'"half_hours":6', b'"half_hours":"6"'), "half_hours"),
+                     (backfill.encode(r).replace(b'"device_id":"d-1"', b'"device_id":true'), "device_id"),
+                     (None, "not JSON")):
+        with pytest.raises(ValueError, match=why):
+            backfill.decode(raw)
