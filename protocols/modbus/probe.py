@@ -43,8 +43,12 @@ class DeviceProbe:
 
 
 async def probe(host: str, port: int, timeout_s: float, devices: Sequence[DeviceSpec],
-                profiles: Mapping[str, Profile]) -> list[DeviceProbe]:
-    """Every device of one endpoint read once, in order; never raises for what the wire does."""
+                profiles: Mapping[str, Profile], budget_s: float = 60.0) -> list[DeviceProbe]:
+    """Every device of one endpoint read once, in order; never raises for what the wire does.
+
+    A person waits for the answer: once `budget_s` is spent (a gateway of silent meters costs a
+    timeout each), the devices not read yet are reported as not read instead of read.
+    """
     started = time.perf_counter()
     try:
         await asyncio.get_running_loop().getaddrinfo(host, port, type=socket.SOCK_STREAM)
@@ -57,6 +61,11 @@ async def probe(host: str, port: int, timeout_s: float, devices: Sequence[Device
     try:
         for i, d in enumerate(devices):
             t0 = time.perf_counter()
+            if t0 - started > budget_s:
+                out += [_failed(x, t0, FailureKind.TIMEOUT, f"not read: the dry run's {budget_s:g} s were spent on "
+                                "the devices before it", "device", "try the remaining devices in a dry run of their "
+                                "own (a config listing them)") for x in devices[i:]]
+                break
             profile = profiles.get(d.profile)
             if profile is None:  # stored before the profile left the code: nothing can decode it
                 out.append(_failed(d, t0, FailureKind.CONFIGURATION, f"unknown profile {d.profile!r}", "profile",
