@@ -11,6 +11,7 @@ from __future__ import annotations
 import time
 from datetime import datetime, timezone
 from typing import Annotated, Any
+from uuid import UUID
 
 import orjson
 from fastapi import APIRouter, Body, HTTPException, Query, Response
@@ -76,7 +77,7 @@ async def _parse(db: Db, doc: Any) -> ConnectionDoc:
         raise _invalid(err) from None
 
 
-def _owner(who: Principal, doc: ConnectionDoc, current: repo.StoredConnection | None) -> Any:
+def _owner(who: Principal, doc: ConnectionDoc, current: repo.StoredConnection | None) -> UUID | None:
     """Whose the connection is: the caller's organisation; platform staff may name any (or keep it)."""
     if who.organisation_id is None:  # platform staff
         return doc.organisation_id if doc.organisation_id is not None else (current.organisation_id if current
