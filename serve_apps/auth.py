@@ -13,6 +13,7 @@ from typing import Annotated
 from fastapi import Depends, HTTPException
 from fastapi.security import OAuth2PasswordBearer
 
+from meterray.access import Action, Forbidden, Scope, scope
 from meterray.identity import Principal, Role
 from meterray.settings import Settings
 from meterray.tokens import TokenError, verify_access_token
@@ -54,3 +55,25 @@ def require_role(*roles: Role) -> object:
             raise HTTPException(403, f"needs the role {' or '.join(r.value for r in roles)}")
         return who
     return Depends(check)
+
+
+def scope_of(who: Principal, action: Action) -> Scope:
+    """The caller's scope for `action` (meterray.access), or 403 when its role does not allow the action."""
+    try:
+        return scope(who, action)
+    except Forbidden as err:
+        raise HTTPException(403, err.reason) from None
+
+
+def allowed(action: Action) -> object:
+    """A dependency giving the caller's Scope for `action` (401 without a valid token, 403 without the role):
+    `scope: Annotated[Scope, allowed(Action.READ_DEVICES)]`, then pass `scope.organisation_id` to the query."""
+    async def check(who: CurrentPrincipal) -> Scope:
+        return scope_of(who, action)
+    return Depends(check)
+
+
+DevicesScope = Annotated[Scope, allowed(Action.READ_DEVICES)]
+RuntimeScope = Annotated[Scope, allowed(Action.READ_RUNTIME)]
+PartnersScope = Annotated[Scope, allowed(Action.MANAGE_PARTNERS)]
+UsersScope = Annotated[Scope, allowed(Action.MANAGE_USERS)]
