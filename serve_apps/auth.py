@@ -5,6 +5,10 @@ Authorize button, which logs in through the users service's OAuth2 password flow
     from serve_apps.auth import CurrentPrincipal, configure_auth   # configure_auth(settings) per replica
     @router.get("/things")
     async def things(who: CurrentPrincipal, db: Db) -> ...:        # who.organisation_id, who.role
+
+What a principal may do, and over which organisations, is meterray.access; a route takes the scope of its
+action (`scope: DevicesScope`, 403 when the role does not allow it) and passes `scope.organisation_id`
+(None: every organisation) into its storage query's WHERE clause.
 """
 from __future__ import annotations
 
