@@ -141,6 +141,20 @@ def test_every_api_refuses_a_request_without_a_token(env: dict[str, Any]) -> Non
     assert call("GET", f"{env['api']}/healthz")[0] == 200  # liveness stays open for probes
 
 
+def test_the_monitoring_docs_authorize_button_logs_in_through_the_users_service(env: dict[str, Any]) -> None:
+    status, _, spec = call("GET", f"{env['api']}/openapi.json")
+    assert status == 200
+    scheme = spec["components"]["securitySchemes"]["OAuth2PasswordBearer"]
+    assert scheme["flows"]["password"]["tokenUrl"] == "/api/v1/auth/token"
+    for path in ("/api/v1/devices", "/api/v1/devices/{device_id}/readings/current", "/api/v1/runtime",
+                 "/api/v1/partners"):
+        assert spec["paths"][path]["get"]["security"] == [{"OAuth2PasswordBearer": []}], path
+    # Partner webhooks authenticate by their HMAC signature, not by a token.
+    assert "security" not in spec["paths"]["/api/v1/partners/{partner_id}/webhook"]["post"]
+    status, _, spec = call("GET", f"{env['api']}/api/v1/users/openapi.json")
+    assert status == 200 and spec["paths"]["/{user_id}"]["patch"]["security"] == [{"OAuth2PasswordBearer": []}]
+
+
 def test_a_customer_sees_only_its_organisation_and_another_organisations_device_is_a_404(env: dict[str, Any]) -> None:
     api, a, b = env["api"], env["a"], env["b"]
     _user(env, "anna.customer@a.example", Role.CUSTOMER, a.id)
