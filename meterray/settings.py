@@ -107,6 +107,13 @@ class Settings(BaseModel):
     # The time zone of a device's half-hours and days when the device has none of its own (devices.devices
     # .timezone): an IANA name. Russia spans eleven zones (Europe/Kaliningrad .. Asia/Kamchatka).
     default_timezone: str = "Europe/Moscow"
+    # `meterray demo` (meterray/app/demo_users.py): the demo organisation owning the simulated meters, its
+    # admin, and a platform admin (no organisation: runtime, partners, every device), both with this password.
+    demo_organisation_inn: str = "9900000000"  # valid check digit, no real organisation (region code 99)
+    demo_organisation_name: str = "meterray demo"
+    demo_admin_email: str = "demo@meterray.local"
+    demo_platform_email: str = "platform@meterray.local"
+    demo_password: SecretStr = SecretStr("meterray-demo")
 
     @model_validator(mode="before")
     @classmethod

@@ -5,6 +5,10 @@ Authorize button, which logs in through the users service's OAuth2 password flow
     from serve_apps.auth import CurrentPrincipal, configure_auth   # configure_auth(settings) per replica
     @router.get("/things")
     async def things(who: CurrentPrincipal, db: Db) -> ...:        # who.organisation_id, who.role
+
+What a principal may do, and over which organisations, is meterray.access; a route takes the scope of its
+action (`scope: DevicesScope`, 403 when the role does not allow it) and passes `scope.organisation_id`
+(None: every organisation) into its storage query's WHERE clause.
 """
 from __future__ import annotations
 
@@ -13,6 +17,7 @@ from typing import Annotated
 from fastapi import Depends, HTTPException
 from fastapi.security import OAuth2PasswordBearer
 
+from meterray.access import Action, Forbidden, Scope, scope
 from meterray.identity import Principal, Role
 from meterray.settings import Settings
 from meterray.tokens import TokenError, verify_access_token
@@ -54,3 +59,25 @@ def require_role(*roles: Role) -> object:
             raise HTTPException(403, f"needs the role {' or '.join(r.value for r in roles)}")
         return who
     return Depends(check)
+
+
+def scope_of(who: Principal, action: Action) -> Scope:
+    """The caller's scope for `action` (meterray.access), or 403 when its role does not allow the action."""
+    try:
+        return scope(who, action)
+    except Forbidden as err:
+        raise HTTPException(403, err.reason) from None
+
+
+def allowed(action: Action) -> object:
+    """A dependency giving the caller's Scope for `action` (401 without a valid token, 403 without the role):
+    `scope: Annotated[Scope, allowed(Action.READ_DEVICES)]`, then pass `scope.organisation_id` to the query."""
+    async def check(who: CurrentPrincipal) -> Scope:
+        return scope_of(who, action)
+    return Depends(check)
+
+
+DevicesScope = Annotated[Scope, allowed(Action.READ_DEVICES)]
+RuntimeScope = Annotated[Scope, allowed(Action.READ_RUNTIME)]
+PartnersScope = Annotated[Scope, allowed(Action.MANAGE_PARTNERS)]
+UsersScope = Annotated[Scope, allowed(Action.MANAGE_USERS)]

@@ -7,6 +7,7 @@ import logging
 import os
 import subprocess
 import sys
+import uuid
 from collections.abc import Sequence
 
 from meterray.settings import REPO_ROOT, Settings, SettingsError
@@ -36,6 +37,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("manifest", help="JSON manifest written by `meterray simulate --manifest`")
     p.add_argument("--interval", type=float, default=5.0, help="poll interval, seconds (default 5)")
     p.add_argument("--timeout", type=float, default=1.0, help="request timeout, seconds (default 1)")
+    p.add_argument("--organisation", type=uuid.UUID, default=None,
+                   help="id of the organisation owning the meters (auth.organisations); without it, meters "
+                        "registered before keep their owner and new ones have none (platform staff only see them)")
 
     sub.add_parser("simulate", help="run simulated Modbus TCP meters (`meterray simulate --help`)")
 
@@ -135,7 +139,7 @@ def _register(settings: Settings, args: argparse.Namespace) -> int:
     from meterray.config import ConfigError
 
     try:
-        n = register_manifest(settings, args.manifest, args.interval, args.timeout)
+        n = register_manifest(settings, args.manifest, args.interval, args.timeout, args.organisation)
     except ConfigError as err:
         print(f"nothing registered: {err}", file=sys.stderr)
         return 2
@@ -145,14 +149,24 @@ def _register(settings: Settings, args: argparse.Namespace) -> int:
 
 def _run(settings: Settings, args: argparse.Namespace) -> int:
     from meterray.app.demo import run_until_interrupted
+    from meterray.auth_backends import BackendConfigError
 
-    return run_until_interrupted(settings)
+    try:
+        return run_until_interrupted(settings)
+    except BackendConfigError as err:  # production with a development fallback: nothing was started
+        print(f"not started: {err}", file=sys.stderr)
+        return 2
 
 
 def _demo(settings: Settings, args: argparse.Namespace) -> int:
     from meterray.app.demo import demo
+    from meterray.auth_backends import BackendConfigError
 
-    return demo(settings, args.meters, args.interval)
+    try:
+        return demo(settings, args.meters, args.interval)
+    except BackendConfigError as err:
+        print(f"not started: {err}", file=sys.stderr)
+        return 2
 
 
 def _status(settings: Settings, args: argparse.Namespace) -> int:
@@ -201,7 +215,7 @@ def _timezone(settings: Settings, args: argparse.Namespace) -> int:
         try:
             if args.zone is not None and not await consumption.set_device_timezone(conn, args.device, wanted):
                 return None
-            device = await consumption.metering(conn, args.device)
+            device = await consumption.metering(conn, args.device, organisation_id=None)  # the CLI is platform staff
             return None if device is None else device.timezone or f"{settings.default_timezone} (the default)"
         finally:
             await conn.close()

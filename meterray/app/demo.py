@@ -10,12 +10,15 @@ import sys
 import threading
 import time
 from collections import defaultdict
+from collections.abc import Callable
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
+from uuid import UUID
 
 import asyncpg
 
-from meterray.config import validate_connections
+from meterray.auth_backends import BackendConfigError
+from meterray.config import ConfigError, validate_connections
 from meterray.domain import ModbusConnection
 from meterray.settings import Settings
 
@@ -42,20 +45,26 @@ def manifest_connections(manifest: list[dict], interval_s: float, timeout_s: flo
         PROFILES.keys())
 
 
-async def _register(settings: Settings, connections: list[ModbusConnection]) -> None:
+async def _register(settings: Settings, connections: list[ModbusConnection],
+                    organisation_id: UUID | None = None) -> None:
+    from storage.postgres.auth_users import organisation_exists
     from storage.postgres.devices import replace_modbus_connections
 
     conn = await asyncpg.connect(settings.pg_dsn)
     try:
+        if organisation_id is not None and not await organisation_exists(conn, organisation_id):
+            raise ConfigError([f"no organisation {organisation_id} (auth.organisations)"])
         # Simulated meters of an earlier run that this manifest no longer has are removed.
-        await replace_modbus_connections(conn, connections, SIM_PREFIX)
+        await replace_modbus_connections(conn, connections, SIM_PREFIX, organisation_id)
     finally:
         await conn.close()
 
 
-def register_manifest(settings: Settings, path: str | Path, interval_s: float, timeout_s: float) -> int:
+def register_manifest(settings: Settings, path: str | Path, interval_s: float, timeout_s: float,
+                      organisation_id: UUID | None = None) -> int:
+    """`organisation_id`: the organisation owning the meters (None: an owner already stored stays)."""
     connections = manifest_connections(json.loads(Path(path).read_text()), interval_s, timeout_s)
-    asyncio.run(_register(settings, connections))
+    asyncio.run(_register(settings, connections, organisation_id))
     return len(connections)
 
 
@@ -106,27 +115,33 @@ def _wait_for_interrupt(settings: Settings, show_progress: bool, started: float)
                   + ("  — all in" if all_in else ""), flush=True)
 
 
-def _print_urls(settings: Settings, api: str) -> None:
+def _print_urls(settings: Settings, api: str, logins: str = "") -> None:
     from meterray.auth_backends import auth_backends
 
-    print(f"\nmeterray is running\n  API:            {api}/api/v1/devices\n  OpenAPI docs:   {api}/docs\n"
-          f"  users:          {api}/api/v1/auth/docs (register, token, refresh, logout), {api}/api/v1/me\n"
+    print(f"\nmeterray is running\n  API:            {api}/api/v1/devices (every API needs an access token)\n"
+          f"  OpenAPI docs:   {api}/docs\n"
+          f"  users:          {api}/api/v1/auth/docs (register, token, refresh, logout), {api}/api/v1/me, "
+          f"{api}/api/v1/users (admins)\n" + logins +
           f"  health:         {api}/healthz\n  Ray dashboard:  http://127.0.0.1:{settings.dashboard_port}\n"
           f"  Prometheus:     http://127.0.0.1:{settings.metrics_port}/metrics (ray_meterray_* series)\n"
           + "".join(f"  DEVELOPMENT FALLBACK: {w}\n" for w in auth_backends(settings).warnings())
           + "Press Ctrl-C to stop.\n", flush=True)
 
 
-def run_until_interrupted(settings: Settings, show_progress: bool = True, started: float | None = None) -> int:
+def run_until_interrupted(settings: Settings, show_progress: bool = True, started: float | None = None,
+                          logins: Callable[[str], str] | None = None) -> int:
+    """`logins(api)`: lines telling how to log in, printed with the URLs (the demo's accounts)."""
     from meterray.app.runtime import init_ray, prepare_stores, start_api, start_ingestion, stop_all
+    from meterray.auth_backends import auth_backends
 
     started = time.monotonic() if started is None else started
+    auth_backends(settings)  # METERRAY_ENV=production: refused before anything starts (BackendConfigError)
     prepare_stores(settings)
     init_ray(settings)
     try:
         start_ingestion(settings)
         api = start_api(settings)
-        _print_urls(settings, api)
+        _print_urls(settings, api, logins(api) if logins else "")
         _wait_for_interrupt(settings, show_progress, started)
     finally:
         print("stopping meterray …", flush=True)
@@ -162,8 +177,11 @@ def register_demo_mqtt(settings: Settings) -> str:
 
 
 def demo(settings: Settings, meters: int, interval_s: float) -> int:
+    from meterray.app.demo_users import ensure_demo_identity, login_help
     from meterray.app.runtime import prepare_stores
 
+    if settings.env == "production":  # its accounts have a printed password; production never gets them
+        raise BackendConfigError("METERRAY_ENV=production: the demo (public demo accounts) is for development only")
     started = time.monotonic()
     (settings.var_dir / "log").mkdir(parents=True, exist_ok=True)
     prepare_stores(settings)
@@ -171,7 +189,8 @@ def demo(settings: Settings, meters: int, interval_s: float) -> int:
     sim = start_simulator(settings, meters, 5, DEMO_BASE_PORT, manifest)
     partner_sim = None
     try:
-        n = register_manifest(settings, manifest, interval_s, min(1.0, interval_s / 2))
+        identity = ensure_demo_identity(settings)
+        n = register_manifest(settings, manifest, interval_s, min(1.0, interval_s / 2), identity.organisation_id)
         print(f"simulator: {meters} meters on {n} Modbus TCP ports from 127.0.0.1:{DEMO_BASE_PORT}, "
               f"fault control on http://127.0.0.1:{DEMO_BASE_PORT - 1}/devices", flush=True)
         from meterray.app.demo_partners import PARTNER_SIM_PORT, start_demo_partners
@@ -180,7 +199,7 @@ def demo(settings: Settings, meters: int, interval_s: float) -> int:
         print(f"partners: acme (JSON, OAuth2, cursor) and volta (CSV, API key, pages; device status) from the "
               f"partner simulator on http://127.0.0.1:{PARTNER_SIM_PORT}; see /api/v1/partners", flush=True)
         print(register_demo_mqtt(settings), flush=True)
-        return run_until_interrupted(settings, started=started)
+        return run_until_interrupted(settings, started=started, logins=lambda api: login_help(settings, identity, api))
     finally:
         os.killpg(sim.pid, signal.SIGTERM)
         sim.wait(timeout=10)

@@ -104,13 +104,21 @@ def start_api(settings: Settings) -> str:
 
 
 def start_users_api(settings: Settings) -> str:
-    """The users service: /api/v1/auth/* and /api/v1/me (two Serve applications: one route prefix each).
-    Reports every development fallback; refuses them with METERRAY_ENV=production."""
-    from serve_apps.users.app import AUTH_PREFIX, ME_PREFIX, build_me_app, build_users_app
+    """The users service: /api/v1/auth/*, /api/v1/me and /api/v1/users (three Serve applications: one route
+    prefix each). Reports every development fallback; refuses them with METERRAY_ENV=production."""
+    from serve_apps.users.app import (
+        AUTH_PREFIX,
+        ME_PREFIX,
+        USERS_PREFIX,
+        build_me_app,
+        build_users_admin_app,
+        build_users_app,
+    )
 
     serve.start(http_options={"host": settings.api_host, "port": settings.api_port})
     serve.run(build_users_app(settings), name="users", route_prefix=AUTH_PREFIX, blocking=False)
     serve.run(build_me_app(settings), name="users-me", route_prefix=ME_PREFIX, blocking=False)
+    serve.run(build_users_admin_app(settings), name="users-admin", route_prefix=USERS_PREFIX, blocking=False)
     return f"http://{settings.api_host}:{settings.api_port}"
 
 

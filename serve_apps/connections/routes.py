@@ -39,7 +39,8 @@ from serve_apps.connections.schemas import (
     VersionOut,
 )
 from serve_apps.deps import Db
-from serve_apps.monitoring.routes import _decode_cursor, _encode_cursor, quality_flags
+from serve_apps.monitoring.routes import quality_flags
+from serve_apps.paging import decode_cursor, encode_cursor
 from storage.postgres import connections as repo
 from storage.postgres.devices import available_profiles, registered_device_ids
 
@@ -126,11 +127,11 @@ async def list_connections(
     kind: Annotated[Kind | None, Query(description="only connections of this kind")] = None,
 ) -> ConnectionPage:
     """Modbus and MQTT connections in id order, a page at a time (keyset paging), with their devices."""
-    after = _decode_cursor(cursor) if cursor else None
+    after = decode_cursor(cursor) if cursor else None
     rows = await repo.list_connections(db, _scope(who), after, limit + 1, kind)
     page = rows[:limit]
     return ConnectionPage(connections=[_out(c) for c in page],
-                          next_cursor=_encode_cursor(page[-1].connection_id) if len(rows) > limit else None)
+                          next_cursor=encode_cursor(page[-1].connection_id) if len(rows) > limit else None)
 
 
 @connections_router.post("", response_model=ConnectionOut, status_code=201)

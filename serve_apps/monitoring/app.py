@@ -5,6 +5,7 @@ from fastapi import FastAPI
 from ray import serve
 from ray.serve import Application
 
+from meterray.auth_backends import auth_backends
 from meterray.placement import serve_request
 from meterray.settings import Settings
 from serve_apps.auth import configure_auth
@@ -37,11 +38,12 @@ async def healthz(db: Db) -> dict[str, str]:
 @serve.ingress(api)
 class MonitoringApi:
     def __init__(self, settings: Settings, sources: RuntimeSources | None = None) -> None:
+        auth_backends(settings)  # production refuses to serve with a fallback (the public signing key above all)
         self._db = configure_db(settings.pg_dsn)
+        configure_auth(settings)  # every route but /healthz and partner webhooks needs an access token
         configure_runtime(sources)
         configure_partners(settings)
         configure_settings(settings)
-        configure_auth(settings)
 
     async def check_health(self) -> None:
         """Serve marks the replica unhealthy (and replaces it) while PostgreSQL does not answer."""
@@ -50,7 +52,9 @@ class MonitoringApi:
 
 
 def build_app(settings: Settings, sources: RuntimeSources | None = None) -> Application:
-    """`sources` (where the supervisor and the consumer groups are) enables GET /api/v1/runtime."""
+    """`sources` (where the supervisor and the consumer groups are) enables GET /api/v1/runtime. Raises
+    meterray.auth_backends.BackendConfigError with METERRAY_ENV=production and a development fallback."""
+    auth_backends(settings)
     # On the serve nodes (meterray.placement): Serve's proxies serve HTTP where the replicas are.
     options = {"num_cpus": 0, "resources": serve_request(settings)}
     return MonitoringApi.options(ray_actor_options=options).bind(settings, sources)  # type: ignore[attr-defined]

@@ -16,6 +16,7 @@ from meterray.consumption import IntervalEnergy, summed
 from meterray.intervals import Size, TimezoneError, zone
 from meterray.quantities import QUANTITIES
 from protocols.modbus.profiles import wrap_value
+from serve_apps.auth import DevicesScope
 from serve_apps.deps import AppSettings, Db
 from serve_apps.monitoring.routes import quality_flags
 from serve_apps.monitoring.schemas import ConsumptionOut, CounterDropOut, EnergyOut, GapOut
@@ -32,6 +33,7 @@ async def consumption(
     device_id: str,
     db: Db,
     settings: AppSettings,
+    scope: DevicesScope,
     start: Annotated[datetime | None, Query(alias="from", description="ISO 8601; default: a day before `to`")] = None,
     end: Annotated[datetime | None, Query(alias="to", description="ISO 8601, exclusive; default: now")] = None,
     interval: Annotated[Size, Query(description="30m, 1h, 1d (local days) or 1mo (local months)")] = Size.HALF_HOUR,
@@ -49,7 +51,7 @@ async def consumption(
         raise HTTPException(422, "`from` must be earlier than `to`")
     if end - start > MAX_RANGE:
         raise HTTPException(422, f"at most {MAX_RANGE.days} days per request; ask for the rest in further requests")
-    device = await repo.metering(db, device_id)
+    device = await repo.metering(db, device_id, organisation_id=scope.organisation_id)  # another org's: 404
     if device is None:
         raise HTTPException(404, f"no device {device_id!r}")
     tz_name = device.timezone or settings.default_timezone

@@ -90,6 +90,9 @@ class RuntimeOut(BaseModel):
     totals_per_s: dict[str, float] = Field(description="rates summed over the actors of each role, e.g. polls")
     lag: list[LagOut]
     device_states: dict[str, int] = Field(description="registered devices per status")
+    development_fallbacks: list[str] = Field(
+        default_factory=list, description="every way this deployment is weaker than production (missing API keys, "
+                                          "the public development signing key); METERRAY_ENV=production refuses them")
 
 
 async def take_sample(supervisor: Any, pool: asyncpg.Pool, sources: RuntimeSources) -> Sample:

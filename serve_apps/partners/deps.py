@@ -1,14 +1,17 @@
 """What the partners routes need besides the database: settings, the secrets cipher, a Kafka producer
-(opened on the first webhook, one per replica), and the seam where authentication will go."""
+(opened on the first webhook, one per replica), and who may manage partners (meterray.access:
+partners:manage, platform staff)."""
 from __future__ import annotations
 
 import asyncio
 from typing import Annotated
 
 from cryptography.fernet import Fernet
-from fastapi import Depends, Request
+from fastapi import Depends
 
+from meterray.access import Scope
 from meterray.settings import Settings
+from serve_apps.auth import PartnersScope
 from storage.kafka.producer import AsyncProducer
 from storage.secrets import cipher
 
@@ -48,13 +51,13 @@ async def close_producer() -> None:
         _producer = None
 
 
-async def partner_admin(request: Request) -> str:
-    """Who manages partners. The seam for the users/roles issue: verify the caller's access token here and
-    require the `admin` role (raise 401/403); until then every caller is let through as "anonymous"."""
-    return "anonymous"
+async def partner_admin(scope: PartnersScope) -> Scope:
+    """Who manages partners: 401 without a valid access token, 403 unless platform staff. Partners have no
+    owning organisation (their meters may belong to several), so there is no narrower scope to apply."""
+    return scope
 
 
 Cipher = Annotated[Fernet, Depends(get_cipher)]
 AppSettings = Annotated[Settings, Depends(get_settings)]
 Producer = Annotated[AsyncProducer, Depends(get_producer)]
-PartnerAdmin = Annotated[str, Depends(partner_admin)]
+PartnerAdmin = Annotated[Scope, Depends(partner_admin)]

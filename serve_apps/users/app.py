@@ -1,6 +1,7 @@
-"""The users Serve applications: `users` (/api/v1/auth: register, token, refresh, logout) and `users-me`
-(/api/v1/me). Two applications because Serve routes one prefix per application (longest prefix wins)
-and the monitoring application owns `/`; both are this module's FastAPI apps on their own replicas.
+"""The users Serve applications: `users` (/api/v1/auth: register, token, refresh, logout), `users-me`
+(/api/v1/me) and `users-admin` (/api/v1/users: user management). Three applications because Serve routes
+one prefix per application (longest prefix wins) and the monitoring application owns `/`; each is one of
+this module's FastAPI apps on its own replicas.
 
 Start-up reports every fallback (meterray.auth_backends) and refuses them in production.
 """
@@ -19,13 +20,14 @@ from meterray.auth_backends import AuthBackends, auth_backends
 from meterray.settings import Settings
 from serve_apps.auth import configure_auth
 from serve_apps.deps import Db, configure_db
-from serve_apps.users import me, register, sessions
+from serve_apps.users import manage, me, register, sessions
 from serve_apps.users.state import configure_users
 
 log = logging.getLogger("meterray.users")
 
 AUTH_PREFIX = "/api/v1/auth"
 ME_PREFIX = "/api/v1/me"
+USERS_PREFIX = "/api/v1/users"
 MAX_BODY_BYTES = 16 * 1024  # a registration or login is a few hundred bytes
 
 
@@ -71,6 +73,10 @@ auth_api.include_router(sessions.router)
 me_api = _api("meterray users: me", "The caller's own user and organisation.")
 me_api.add_middleware(_PrefixIsRoot)
 me_api.include_router(me.router)
+users_api = _api("meterray users: management", "Users of the caller's organisation (all of them for platform "
+                 "staff): list, create with a role, change the role, disable. Admins only.")
+users_api.add_middleware(_PrefixIsRoot)
+users_api.include_router(manage.router)
 
 
 def report(backends: AuthBackends) -> None:
@@ -106,6 +112,12 @@ class MeApi(_Replica):
     pass
 
 
+@serve.deployment(name="users-admin", num_replicas=1, ray_actor_options={"num_cpus": 0})
+@serve.ingress(users_api)
+class UsersAdminApi(_Replica):
+    pass
+
+
 def build_users_app(settings: Settings) -> Application:
     report(auth_backends(settings))  # where the operator deploys, too (a refusal stops the deploy here)
     return UsersApi.bind(settings)  # type: ignore[attr-defined]  # added by @serve.deployment
@@ -114,3 +126,8 @@ def build_users_app(settings: Settings) -> Application:
 def build_me_app(settings: Settings) -> Application:
     auth_backends(settings)
     return MeApi.bind(settings)  # type: ignore[attr-defined]
+
+
+def build_users_admin_app(settings: Settings) -> Application:
+    auth_backends(settings)
+    return UsersAdminApi.bind(settings)  # type: ignore[attr-defined]

@@ -6,6 +6,8 @@ from uuid import UUID
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from meterray.identity import Role
+
 # Generous caps: the field rules (meterray.identity, meterray.passwords, meterray.inn) give the precise
 # message; these only stop oversized input before any work is done.
 
@@ -60,3 +62,34 @@ class RefreshIn(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     refresh_token: str = Field(max_length=200)
+
+
+class ManagedUserOut(BaseModel):
+    id: UUID
+    email: str
+    role: Role
+    organisation_id: UUID | None = Field(description="null: a platform admin")
+    disabled: bool
+    created_at: datetime
+
+
+class UserPage(BaseModel):
+    users: list[ManagedUserOut]
+    next_cursor: str | None = Field(description="pass as `cursor` for the next page; null on the last page")
+
+
+class UserCreateIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    email: str = Field(max_length=320, description="the new user's e-mail address; it is the login")
+    password: str = Field(max_length=1024, description="10 to 128 characters; tell it to the user")
+    role: Role
+    organisation_id: UUID | None = Field(
+        None, description="default: the caller's organisation; platform staff give it (or null for a platform admin)")
+
+
+class UserPatchIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    role: Role | None = None
+    disabled: bool | None = Field(None, description="true: the user can no longer log in or refresh a session")

@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
+from uuid import UUID
 
 import asyncpg
 
@@ -48,14 +49,16 @@ class Metering:
     backfill_window: timedelta | None  # how far back its source can resend readings; None: it cannot
 
 
-async def metering(conn: asyncpg.Connection | asyncpg.Pool, device_id: str) -> Metering | None:
+async def metering(conn: asyncpg.Connection | asyncpg.Pool, device_id: str, *,
+                   organisation_id: UUID | None) -> Metering | None:
+    """None also for a device of another organisation than `organisation_id` (None: any)."""
     row = await conn.fetchrow(
         """
         SELECT d.id, d.protocol, d.profile, d.timezone, c.poll_interval_s, d.backfill_window
         FROM devices.devices d LEFT JOIN devices.connections c ON c.id = d.connection_id
-        WHERE d.id = $1
+        WHERE d.id = $1 AND ($2::uuid IS NULL OR d.organisation_id = $2)
         """,
-        device_id,
+        device_id, organisation_id,
     )
     return None if row is None else Metering(*row.values())
 

@@ -1,9 +1,14 @@
-"""Queries of the `devices` schema: connections to poll, devices, and device-processor checkpoints."""
+"""Queries of the `devices` schema: connections to poll, devices, and device-processor checkpoints.
+
+Queries the API answers with take `organisation_id` (keyword, no default): the caller's organisation
+(meterray.access.Scope), applied in the WHERE clause; None means every organisation (platform staff).
+"""
 from __future__ import annotations
 
 from collections.abc import Collection, Iterable, Sequence
 from datetime import datetime, timezone
 from typing import Any
+from uuid import UUID
 
 import asyncpg
 import orjson
@@ -62,26 +67,31 @@ async def load_modbus_connections(conn: asyncpg.Connection | asyncpg.Pool) -> li
 
 
 async def save_modbus_connections(conn: asyncpg.Connection | asyncpg.Pool,
-                                  connections: Sequence[ModbusConnection]) -> None:
+                                  connections: Sequence[ModbusConnection],
+                                  organisation_id: UUID | None = None) -> None:
     """Insert or update connections and their devices (idempotent), all or none.
 
     Checked first against meterray.config (raises ConfigError listing every problem), with the
-    profiles the database knows; the table constraints check the same rules again.
+    profiles the database knows; the table constraints check the same rules again. `organisation_id`
+    makes that organisation the devices' owner; None leaves the owner of a device already stored as it
+    is (a new one has none: platform staff only see it).
     """
     connections = validate_connections(connections, await available_profiles(conn))
     if isinstance(conn, asyncpg.Pool):
         async with conn.acquire() as c:
-            await _save(c, connections)
+            await _save(c, connections, organisation_id)
     else:
-        await _save(conn, connections)
+        await _save(conn, connections, organisation_id)
 
 
-async def _save(conn: asyncpg.Connection, connections: Sequence[ModbusConnection]) -> None:
+async def _save(conn: asyncpg.Connection, connections: Sequence[ModbusConnection],
+                organisation_id: UUID | None) -> None:
     async with conn.transaction():
-        await _upsert(conn, connections)
+        await _upsert(conn, connections, organisation_id)
 
 
-async def _upsert(conn: asyncpg.Connection, connections: Sequence[ModbusConnection]) -> None:
+async def _upsert(conn: asyncpg.Connection, connections: Sequence[ModbusConnection],
+                  organisation_id: UUID | None) -> None:
     # Devices a connection no longer lists are removed with it (a connection's devices are its list).
     await conn.executemany(
         "DELETE FROM devices.devices WHERE connection_id = $1 AND NOT id = ANY($2::text[])",
@@ -98,19 +108,22 @@ async def _upsert(conn: asyncpg.Connection, connections: Sequence[ModbusConnecti
     )
     await conn.executemany(
         """
-        INSERT INTO devices.devices (id, name, protocol, profile, connection_id, unit_id)
-        VALUES ($1, $1, 'modbus_tcp', $2, $3, $4)
+        INSERT INTO devices.devices (id, name, protocol, profile, connection_id, unit_id, organisation_id)
+        VALUES ($1, $1, 'modbus_tcp', $2, $3, $4, $5)
         ON CONFLICT (id) DO UPDATE SET profile = excluded.profile,
-            connection_id = excluded.connection_id, unit_id = excluded.unit_id
+            connection_id = excluded.connection_id, unit_id = excluded.unit_id,
+            organisation_id = coalesce(excluded.organisation_id, devices.devices.organisation_id)
         """,
-        [(d.device_id, d.profile, c.connection_id, d.unit_id) for c in connections for d in c.devices],
+        [(d.device_id, d.profile, c.connection_id, d.unit_id, organisation_id)
+         for c in connections for d in c.devices],
     )
 
 
 async def list_devices(conn: asyncpg.Connection | asyncpg.Pool, after: str | None = None,
-                       limit: int | None = None, status: str | None = None) -> list[asyncpg.Record]:
-    """Devices in id order; keyset paging: those with an id after `after`, at most `limit`; only
-    those in `status` if given (a device without a checkpoint is 'unknown')."""
+                       limit: int | None = None, status: str | None = None, *,
+                       organisation_id: UUID | None) -> list[asyncpg.Record]:
+    """Devices of the organisation (None: all) in id order; keyset paging: those with an id after
+    `after`, at most `limit`; only those in `status` if given (a device without a checkpoint is 'unknown')."""
     return await conn.fetch(
         """
         SELECT d.id, d.name, d.protocol, d.profile, s.last_seen, coalesce(s.status, 'unknown') AS status,
@@ -118,41 +131,45 @@ async def list_devices(conn: asyncpg.Connection | asyncpg.Pool, after: str | Non
                coalesce(s.link, 'unknown') AS link, coalesce(s.data, 'unknown') AS data, s.last_success
         FROM devices.devices d LEFT JOIN devices.device_state s ON s.device_id = d.id
         WHERE ($1::text IS NULL OR d.id > $1) AND ($3::text IS NULL OR coalesce(s.status, 'unknown') = $3)
+            AND ($4::uuid IS NULL OR d.organisation_id = $4)
         ORDER BY d.id
         LIMIT $2
         """,
-        after, limit, status,
+        after, limit, status, organisation_id,
     )
 
 
-async def device_health(conn: asyncpg.Connection | asyncpg.Pool, device_id: str,
-                        history: int = 50) -> tuple[asyncpg.Record | None, list[asyncpg.Record]]:
-    """A device's health (None without a checkpoint) and its latest transitions, newest first."""
+async def device_health(conn: asyncpg.Connection | asyncpg.Pool, device_id: str, history: int = 50, *,
+                        organisation_id: UUID | None) -> tuple[asyncpg.Record | None, list[asyncpg.Record]]:
+    """A device's health (None without a checkpoint, or outside the organisation) and its latest
+    transitions, newest first."""
     row = await conn.fetchrow(
-        """
+        f"""
         SELECT status, reasons, link, data, last_seen, last_success, consecutive_failures, error_ratio,
                clock_offset_s, last_failure_kind, last_failure, last_failure_at, updated_at
-        FROM devices.device_state WHERE device_id = $1
+        FROM devices.device_state WHERE device_id = $1 AND {owned_by("$1", "$2")}
         """,
-        device_id,
+        device_id, organisation_id,
     )
     transitions = await conn.fetch(
         "SELECT ts, status, previous, reasons, reason FROM devices.health_transitions WHERE device_id = $1"
-        " ORDER BY ts DESC, status LIMIT $2",
-        device_id, history,
+        f" AND {owned_by('$1', '$3')} ORDER BY ts DESC, status LIMIT $2",
+        device_id, history, organisation_id,
     )
     return row, transitions
 
 
-async def health_summary(conn: asyncpg.Connection | asyncpg.Pool) -> tuple[dict[str, int], dict[str, int]]:
-    """The fleet: registered devices by status, and by active reason."""
+async def health_summary(conn: asyncpg.Connection | asyncpg.Pool, *,
+                         organisation_id: UUID | None) -> tuple[dict[str, int], dict[str, int]]:
+    """The organisation's (None: every) registered devices by status, and by active reason."""
     by_status = await conn.fetch(
         "SELECT coalesce(s.status, 'unknown') AS status, count(*) AS n FROM devices.devices d"
-        " LEFT JOIN devices.device_state s ON s.device_id = d.id GROUP BY 1"
+        " LEFT JOIN devices.device_state s ON s.device_id = d.id WHERE ($1::uuid IS NULL OR d.organisation_id = $1)"
+        " GROUP BY 1", organisation_id
     )
     by_reason = await conn.fetch(
         "SELECT r AS reason, count(*) AS n FROM devices.devices d JOIN devices.device_state s ON s.device_id = d.id,"
-        " unnest(s.reasons) AS r GROUP BY 1"
+        " unnest(s.reasons) AS r WHERE ($1::uuid IS NULL OR d.organisation_id = $1) GROUP BY 1", organisation_id
     )
     return {r["status"]: r["n"] for r in by_status}, {r["reason"]: r["n"] for r in by_reason}
 
@@ -166,8 +183,19 @@ async def device_schedule(conn: asyncpg.Connection | asyncpg.Pool) -> list[async
     )
 
 
-async def get_device(conn: asyncpg.Connection | asyncpg.Pool, device_id: str) -> asyncpg.Record | None:
-    return await conn.fetchrow("SELECT id, name, protocol, profile FROM devices.devices WHERE id = $1", device_id)
+async def get_device(conn: asyncpg.Connection | asyncpg.Pool, device_id: str, *,
+                     organisation_id: UUID | None) -> asyncpg.Record | None:
+    """The device, if it exists and belongs to the organisation (None: any); another's is None, like a missing one."""
+    return await conn.fetchrow(
+        "SELECT id, name, protocol, profile, organisation_id FROM devices.devices d"
+        " WHERE id = $1 AND ($2::uuid IS NULL OR d.organisation_id = $2)", device_id, organisation_id)
+
+
+def owned_by(device: str, organisation: str) -> str:
+    """A WHERE term: the device (a parameter or column holding its id) belongs to the organisation
+    parameter (a NULL organisation: any). For queries of tables that only hold the device's id."""
+    return (f"({organisation}::uuid IS NULL OR EXISTS (SELECT 1 FROM devices.devices o"
+            f" WHERE o.id = {device} AND o.organisation_id = {organisation}))")
 
 
 _STATE_COLUMNS = ("device_id", "status", "last_seen", "last_failure_kind", "last_failure", "last_failure_at",
@@ -302,13 +330,14 @@ async def registered_or_recent(conn: asyncpg.Connection | asyncpg.Pool, device_i
 
 
 async def replace_modbus_connections(conn: asyncpg.Connection, connections: Sequence[ModbusConnection],
-                                     id_prefix: str) -> None:
-    """Make the connections whose id starts with `id_prefix` exactly `connections`, in one transaction."""
+                                     id_prefix: str, organisation_id: UUID | None = None) -> None:
+    """Make the connections whose id starts with `id_prefix` exactly `connections`, in one transaction
+    (`organisation_id`: as in save_modbus_connections)."""
     connections = validate_connections(connections, await available_profiles(conn))
     async with conn.transaction():
         await conn.execute("DELETE FROM devices.connections WHERE id LIKE $1 AND NOT id = ANY($2::text[])",
                            id_prefix + "%", [c.connection_id for c in connections])
-        await _upsert(conn, connections)
+        await _upsert(conn, connections, organisation_id)
 
 
 async def delete_connections(conn: asyncpg.Connection | asyncpg.Pool, connection_ids: Sequence[str]) -> int:

@@ -4,8 +4,11 @@ from __future__ import annotations
 from collections.abc import Sequence
 from datetime import datetime, timezone
 from operator import itemgetter
+from uuid import UUID
 
 import asyncpg
+
+from storage.postgres.devices import owned_by
 
 # (device_id, quantity, ts_ms, value, unit, quality, source); ts_ms: UTC epoch milliseconds.
 ReadingRow = tuple[str, str, int, float, str, int, str]
@@ -87,11 +90,13 @@ class ReadingsWriter:
             self._months.add((year, month))
 
 
-async def current_readings(conn: asyncpg.Connection | asyncpg.Pool, device_id: str) -> list[asyncpg.Record]:
+async def current_readings(conn: asyncpg.Connection | asyncpg.Pool, device_id: str, *,
+                           organisation_id: UUID | None) -> list[asyncpg.Record]:
+    """The device's latest value per quantity; none when the device is not the organisation's (None: any)."""
     return await conn.fetch(
         "SELECT quantity, ts, value, unit, quality FROM monitoring.readings_current"
-        " WHERE device_id = $1 ORDER BY quantity",
-        device_id,
+        f" WHERE device_id = $1 AND {owned_by('$1', '$2')} ORDER BY quantity",
+        device_id, organisation_id,
     )
 
 
@@ -102,14 +107,18 @@ async def reading_history(
     start: datetime,
     end: datetime,
     limit: int,
+    *,
+    organisation_id: UUID | None,
 ) -> list[asyncpg.Record]:
+    """The archive of a device of the organisation (None: any); nothing for another organisation's device."""
     return await conn.fetch(
-        """
+        f"""
         SELECT quantity, ts, value, unit, quality FROM monitoring.readings
         WHERE device_id = $1 AND ($2::text IS NULL OR quantity = $2) AND ts >= $3 AND ts < $4
+            AND {owned_by("$1", "$6")}
         ORDER BY ts, quantity LIMIT $5
         """,
-        device_id, quantity, start, end, limit,
+        device_id, quantity, start, end, limit, organisation_id,
     )
 
 

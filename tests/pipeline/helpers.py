@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 import urllib.error
 import urllib.request
@@ -11,11 +12,25 @@ from typing import Any
 import asyncpg
 
 from meterray.settings import Settings
+from tests.auth_headers import bearer
 
 
-def http(method: str, url: str, body: Any = None) -> tuple[int, Any]:
+@functools.cache
+def _run_settings() -> Settings:
+    return Settings.from_env()
+
+
+def platform_admin() -> dict[str, str]:
+    """Bearer headers of a platform admin (every device, the runtime, partners: meterray.access), minted
+    fresh on every call (access tokens live minutes, a test run longer). Signed with the key of the run's
+    settings: conftest's `settings` is Settings.from_env() with ports and names changed, never the key."""
+    return bearer(_run_settings())
+
+
+def http(method: str, url: str, body: Any = None, headers: dict[str, str] | None = None) -> tuple[int, Any]:
     data = None if body is None else json.dumps(body).encode()
-    req = urllib.request.Request(url, data=data, method=method, headers={"Content-Type": "application/json"})
+    req = urllib.request.Request(url, data=data, method=method,
+                                 headers={"Content-Type": "application/json", **(headers or {})})
     try:
         with urllib.request.urlopen(req, timeout=10) as resp:
             return resp.status, json.loads(resp.read() or b"null")
@@ -87,13 +102,14 @@ def read_topic(bootstrap: str, topic: str, timeout_s: float = 60.0) -> list[tupl
     pytest.fail(f"could not read {topic} to its end within {timeout_s:.0f}s ({len(out)} messages so far)")
 
 
-def all_devices(api: str, page_size: int = 100) -> list[dict[str, Any]]:
-    """Every device of `GET /api/v1/devices`, following `next_cursor` page by page."""
+def all_devices(api: str, page_size: int = 100, headers: dict[str, str] | None = None) -> list[dict[str, Any]]:
+    """Every device of `GET /api/v1/devices` the caller sees (default: a platform admin: all of them),
+    following `next_cursor` page by page."""
     out: list[dict[str, Any]] = []
     cursor = None
     while True:
         query = f"limit={page_size}" + (f"&cursor={cursor}" if cursor else "")
-        status, body = http("GET", f"{api}/api/v1/devices?{query}")
+        status, body = http("GET", f"{api}/api/v1/devices?{query}", headers=headers or platform_admin())
         assert status == 200, body
         out += body["devices"]
         cursor = body["next_cursor"]

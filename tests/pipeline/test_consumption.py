@@ -17,7 +17,7 @@ from storage.kafka import codec, topics
 from storage.kafka.producer import AsyncProducer
 from storage.postgres.consumption import to_ms
 from tests.conftest import wait_for
-from tests.pipeline.helpers import http, sql
+from tests.pipeline.helpers import http, platform_admin, sql
 
 ENERGY = "1-0:1.8.0"
 VOLTAGE = "1-0:32.7.0"
@@ -31,7 +31,7 @@ def _energy_rows(dsn: str, device_id: str) -> list:
 def _consumption(api: str, device_id: str, start: datetime) -> dict:
     end = datetime.now(timezone.utc) + timedelta(minutes=1)
     query = urlencode({"from": start.isoformat(), "to": end.isoformat()})
-    status, body = http("GET", f"{api}/api/v1/devices/{device_id}/consumption?{query}")
+    status, body = http("GET", f"{api}/api/v1/devices/{device_id}/consumption?{query}", headers=platform_admin())
     assert status == 200, body
     return body
 

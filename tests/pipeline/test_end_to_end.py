@@ -4,7 +4,7 @@ from __future__ import annotations
 from datetime import datetime, timedelta, timezone
 
 from tests.conftest import wait_for
-from tests.pipeline.helpers import all_devices, http
+from tests.pipeline.helpers import all_devices, http, platform_admin
 
 
 def test_every_meter_reaches_the_api_with_plausible_values(runtime: dict) -> None:
@@ -14,7 +14,7 @@ def test_every_meter_reaches_the_api_with_plausible_values(runtime: dict) -> Non
     def all_current() -> dict | None:
         out = {}
         for device_id in ids:
-            status, body = http("GET", f"{api}/api/v1/devices/{device_id}/readings/current")
+            status, body = http("GET", f"{api}/api/v1/devices/{device_id}/readings/current", headers=platform_admin())
             if status != 200 or not body["readings"]:
                 return None
             out[device_id] = {r["quantity"]: r for r in body["readings"]}
@@ -41,7 +41,8 @@ def test_archive_holds_one_reading_per_poll_and_counters_grow(runtime: dict) -> 
         # (this may be the first test of the run) delivers its readings after that instant.
         end = datetime.now(timezone.utc)
         window = f"from={(end - timedelta(minutes=5)).isoformat()}&to={end.isoformat()}".replace("+", "%2B")
-        status, body = http("GET", f"{api}/api/v1/devices/{device_id}/readings?quantity=1-0:1.8.0&{window}")
+        status, body = http("GET", f"{api}/api/v1/devices/{device_id}/readings?quantity=1-0:1.8.0&{window}",
+                            headers=platform_admin())
         assert status == 200, body
         return body["readings"] if len(body["readings"]) >= 5 else None
 
@@ -54,16 +55,16 @@ def test_archive_holds_one_reading_per_poll_and_counters_grow(runtime: dict) -> 
 
 def test_api_rejects_bad_requests_clearly(runtime: dict) -> None:
     api, device_id = runtime["api"], runtime["manifest"][0]["device_id"]
-    status, body = http("GET", f"{api}/api/v1/devices/no-such-meter/readings/current")
+    status, body = http("GET", f"{api}/api/v1/devices/no-such-meter/readings/current", headers=platform_admin())
     assert status == 404 and "no-such-meter" in body["detail"]
-    status, body = http("GET", f"{api}/api/v1/devices/{device_id}/readings?quantity=9.9.9")
+    status, body = http("GET", f"{api}/api/v1/devices/{device_id}/readings?quantity=9.9.9", headers=platform_admin())
     assert status == 422 and "OBIS" in body["detail"]
     backwards = "from=2030-01-02T00:00:00Z&to=2030-01-01T00:00:00Z"
-    status, body = http("GET", f"{api}/api/v1/devices/{device_id}/readings?{backwards}")
+    status, body = http("GET", f"{api}/api/v1/devices/{device_id}/readings?{backwards}", headers=platform_admin())
     assert status == 422 and "earlier" in body["detail"]
-    status, _ = http("GET", f"{api}/api/v1/devices/{device_id}/readings?from=yesterday")
+    status, _ = http("GET", f"{api}/api/v1/devices/{device_id}/readings?from=yesterday", headers=platform_admin())
     assert status == 422
-    status, body = http("GET", f"{api}/healthz")
+    status, body = http("GET", f"{api}/healthz", headers=platform_admin())
     assert status == 200 and body == {"status": "ok"}
-    status, spec = http("GET", f"{api}/openapi.json")
+    status, spec = http("GET", f"{api}/openapi.json", headers=platform_admin())
     assert status == 200 and "/api/v1/devices/{device_id}/readings" in spec["paths"]

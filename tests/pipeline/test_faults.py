@@ -13,7 +13,7 @@ import ray
 from protocols.modbus.profiles import PROFILES
 from storage.kafka import codec, topics
 from tests.conftest import POLL_INTERVAL_S, wait_for
-from tests.pipeline.helpers import all_devices, http, read_topic, sql
+from tests.pipeline.helpers import all_devices, http, platform_admin, read_topic, sql
 
 ENERGY = "1-0:1.8.0"
 
@@ -23,7 +23,7 @@ def _devices(api: str) -> dict[str, dict]:
 
 
 def _current_ts(api: str, device_id: str) -> str | None:
-    status, body = http("GET", f"{api}/api/v1/devices/{device_id}/readings/current")
+    status, body = http("GET", f"{api}/api/v1/devices/{device_id}/readings/current", headers=platform_admin())
     readings = {r["quantity"]: r for r in (body or {}).get("readings", [])}
     return readings.get(ENERGY, {}).get("ts") if status == 200 else None
 

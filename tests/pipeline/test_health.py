@@ -21,7 +21,7 @@ from meterray.health import MIN_TIMEOUT_MS
 from storage.kafka import codec, topics
 from storage.kafka.producer import AsyncProducer
 from tests.conftest import POLL_INTERVAL_S, wait_for
-from tests.pipeline.helpers import http, read_topic, sql
+from tests.pipeline.helpers import http, platform_admin, read_topic, sql
 
 ENERGY = "1-0:1.8.0"
 TIMEOUT_MS = max(3 * int(POLL_INTERVAL_S * 1000), MIN_TIMEOUT_MS)  # the default for 1 s polling: 5 s
@@ -38,7 +38,7 @@ def _spare(runtime: dict) -> list[dict]:
 
 
 def _health(api: str, device_id: str) -> dict[str, Any]:
-    status, body = http("GET", f"{api}/api/v1/devices/{device_id}/health")
+    status, body = http("GET", f"{api}/api/v1/devices/{device_id}/health", headers=platform_admin())
     assert status == 200, body
     return body
 
@@ -81,13 +81,13 @@ def test_a_meter_that_stops_answering_goes_offline_within_its_timeout_and_back_o
         # Not before its timeout: the failure that took it offline is stamped a timeout after the last success.
         assert datetime.fromisoformat(went["ts"]).timestamp() * 1000 - last_success >= TIMEOUT_MS
         # The device list filters by state, and the fleet summary counts it.
-        status, page = http("GET", f"{api}/api/v1/devices?status=offline&limit=1000")
+        status, page = http("GET", f"{api}/api/v1/devices?status=offline&limit=1000", headers=platform_admin())
         assert status == 200 and device_id in [d["id"] for d in page["devices"]]
         assert all(d["status"] == "offline" for d in page["devices"])
-        status, summary = http("GET", f"{api}/api/v1/health/summary")
+        status, summary = http("GET", f"{api}/api/v1/health/summary", headers=platform_admin())
         assert status == 200 and summary["by_status"]["offline"] >= 1 and summary["by_reason"]["timeout"] >= 1
         assert sum(summary["by_status"].values()) == summary["devices"]
-        assert http("GET", f"{api}/api/v1/devices?status=sleeping")[0] == 422
+        assert http("GET", f"{api}/api/v1/devices?status=sleeping", headers=platform_admin())[0] == 422
     finally:
         http("DELETE", f"{sim_control}/faults")
     back = _wait_status(api, device_id, "online", 30)

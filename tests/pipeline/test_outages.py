@@ -35,7 +35,7 @@ from meterray.settings import REPO_ROOT, Settings
 from protocols.modbus.profiles import PROFILES
 from storage.kafka import codec, topics
 from tests.conftest import POLL_INTERVAL_S, wait_for
-from tests.pipeline.helpers import http, read_topic, sql
+from tests.pipeline.helpers import http, platform_admin, read_topic, sql
 
 INTERVAL_MS = int(POLL_INTERVAL_S * 1000)
 LAG_MS = 3000  # a poll's way from the meter to PostgreSQL when nothing is down, with room for a slow machine
@@ -358,7 +358,7 @@ def test_postgres_stopped_for_60s_loses_no_slot(runtime: dict, stoppable: list[s
 
     # The API replica's pool gets over the outage too.
     t0 = time.monotonic()
-    status = wait_for(lambda: http("GET", f"{api}/api/v1/devices")[0] == 200 or None, 60,
+    status = wait_for(lambda: http("GET", f"{api}/api/v1/devices", headers=platform_admin())[0] == 200 or None, 60,
                       "the monitoring API to answer again")
     print(f"postgres: API answered {time.monotonic() - t0:.1f}s after the check")
     assert status

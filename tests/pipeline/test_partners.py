@@ -17,7 +17,7 @@ import ray
 from meterray.settings import Settings
 from tests.conftest import wait_for
 from tests.partner_docs import ENERGY, expected_kwh, meters, partner, readings_path
-from tests.pipeline.helpers import all_devices, http, sql
+from tests.pipeline.helpers import all_devices, http, platform_admin, sql
 
 COMBOS = [("json", "none"), ("json", "page"), ("json", "offset"), ("json", "cursor"), ("json", "link"),
           ("csv", "page"), ("csv", "offset"), ("csv", "cursor"), ("csv", "link"),
@@ -25,13 +25,13 @@ COMBOS = [("json", "none"), ("json", "page"), ("json", "offset"), ("json", "curs
 
 
 def _create(api: str, doc: dict[str, Any]) -> dict[str, Any]:
-    status, body = http("POST", f"{api}/api/v1/partners", doc)
+    status, body = http("POST", f"{api}/api/v1/partners", doc, headers=platform_admin())
     assert status == 201, body
     return body
 
 
 def _delete(api: str, pid: str) -> None:
-    http("DELETE", f"{api}/api/v1/partners/{pid}")
+    http("DELETE", f"{api}/api/v1/partners/{pid}", headers=platform_admin())
 
 
 def _archive(settings: Settings, device_ids: list[str], since: datetime, until: datetime,
@@ -224,7 +224,7 @@ def test_changing_one_partners_mapping_leaves_every_other_stream_uninterrupted(r
         # The mapping of partner A changes: its energy now lands as export (1-0:2.8.0).
         changed = {**doc_a, "paths": [{**doc_a["paths"][0], "readings": {
             **doc_a["paths"][0]["readings"], "quantity_map": {"energy": "1-0:2.8.0", "power": "1-0:16.7.0"}}}]}
-        status, body = http("PUT", f"{api}/api/v1/partners/{a}", changed)
+        status, body = http("PUT", f"{api}/api/v1/partners/{a}", changed, headers=platform_admin())
         assert status == 200 and body["version"] == 2, body
         wait_for(lambda: sql(settings.pg_dsn, "SELECT 1 FROM monitoring.readings WHERE device_id = $1"
                                               " AND quantity = '1-0:2.8.0' LIMIT 1", f"{a}-{ma[0]}"), 30,
@@ -261,7 +261,7 @@ def test_the_demos_two_partners_stream_readings_and_status(runtime: dict) -> Non
     settings, api = runtime["settings"], runtime["api"]
     proc = start_demo_partners(settings, SIM_BASE_PORT + 82)
     try:
-        status, body = http("GET", f"{api}/api/v1/partners")
+        status, body = http("GET", f"{api}/api/v1/partners", headers=platform_admin())
         assert status == 200 and {"acme", "volta"} <= {p["partner_id"] for p in body["partners"]}
 
         def reporting() -> bool:
@@ -298,15 +298,15 @@ def test_a_partner_that_cannot_be_read_is_reported_and_every_other_one_runs(runt
         problems = status["partner_problems"]
         assert "cannot be decrypted" in problems["unsealable"] and "not an http(s) URL" in problems["outdated"]
         assert "partner-unsealable" not in status["children"] and "partner-outdated" not in status["children"]
-        code, listed = http("GET", f"{api}/api/v1/partners")
+        code, listed = http("GET", f"{api}/api/v1/partners", headers=platform_admin())
         assert code == 200 and ok in [p["partner_id"] for p in listed["partners"]]
         assert set(listed["unreadable"]) >= {"unsealable", "outdated"}
-        code, body = http("GET", f"{api}/api/v1/partners/outdated")
+        code, body = http("GET", f"{api}/api/v1/partners/outdated", headers=platform_admin())
         assert code == 409 and "PUT a complete document" in body["detail"]
         # A complete document replaces it, and it runs.
         fixed = partner("outdated", partner_sim, [readings_path("r", "json", "page", meters(25, 1),
                                                                 interval_s=1.0)], meters(25, 1))
-        code, body = http("PUT", f"{api}/api/v1/partners/outdated", fixed)
+        code, body = http("PUT", f"{api}/api/v1/partners/outdated", fixed, headers=platform_admin())
         assert code == 200 and body["version"] == 2, body
         wait_for(lambda: _complete(settings, "outdated", meters(25, 1), since, since + timedelta(seconds=3)), 60,
                  "the replaced partner to stream")

@@ -16,9 +16,10 @@ import ray
 from ray.util.state import list_actors
 
 from meterray.app.status import CLEAR
+from meterray.auth_backends import auth_backends
 from meterray.settings import REPO_ROOT
 from tests.conftest import wait_for
-from tests.pipeline.helpers import http, sql
+from tests.pipeline.helpers import http, platform_admin, sql
 
 CLASS_OF_ROLE = {"modbus-shard": "ModbusShard", "device-processor": "DeviceProcessor", "pg-writer": "PgWriter",
                  "backfill": "BackfillActor"}
@@ -81,7 +82,7 @@ def test_runtime_endpoint_shows_actors_assignments_rates_lag_and_device_states(r
     settings, api = runtime["settings"], runtime["api"]
 
     def endpoint() -> dict | None:
-        status, body = http("GET", f"{api}/api/v1/runtime?window_s=2")
+        status, body = http("GET", f"{api}/api/v1/runtime?window_s=2", headers=platform_admin())
         assert status == 200, body
         return body
 
@@ -97,8 +98,11 @@ def test_runtime_endpoint_shows_actors_assignments_rates_lag_and_device_states(r
     assert all(g["lag"] is not None and g["lag"] >= 0 for g in body["lag"]), body["lag"]
     assert sum(body["device_states"].values()) == sum(_device_states(settings.pg_dsn).values())
     assert body["device_states"].get("online", 0) >= 1
+    # The run has no API keys nor a signing key: every development fallback is listed, as at start-up.
+    assert body["development_fallbacks"] == auth_backends(settings).warnings()
+    assert any(w.startswith("METERRAY_FNS_API_KEY is not set") for w in body["development_fallbacks"])
 
-    status, body = http("GET", f"{api}/api/v1/runtime?window_s=0")
+    status, body = http("GET", f"{api}/api/v1/runtime?window_s=0", headers=platform_admin())
     assert status == 422
 
 

@@ -14,7 +14,7 @@ import pytest
 
 from protocols.modbus.profiles import PROFILES
 from storage.postgres.readings import ReadingsWriter
-from tests.pipeline.helpers import http, sql
+from tests.pipeline.helpers import http, platform_admin, sql
 from tests.storage.archive_rows import row
 
 ENERGY = "1-0:1.8.0"
@@ -54,7 +54,8 @@ def _steady(start: datetime, end: datetime, kwh_per_min: float, first: float, ev
 
 
 def _get(api: str, device_id: str, **query: Any) -> dict:
-    status, body = http("GET", f"{api}/api/v1/devices/{device_id}/consumption?{urlencode(query)}")
+    status, body = http("GET", f"{api}/api/v1/devices/{device_id}/consumption?{urlencode(query)}",
+                        headers=platform_admin())
     assert status == 200, body
     return body
 
@@ -178,17 +179,17 @@ def test_bad_requests_get_a_clear_answer(runtime: dict) -> None:
     settings, api = runtime["settings"], runtime["api"]
     _device(settings.pg_dsn, "cons-bad", "sdm630", None)
     base = f"{api}/api/v1/devices"
-    status, body = http("GET", f"{base}/cons-bad/consumption?interval=15m")
+    status, body = http("GET", f"{base}/cons-bad/consumption?interval=15m", headers=platform_admin())
     assert status == 422 and body["detail"][0]["loc"] == ["query", "interval"]
-    status, body = http("GET", f"{base}/no-such-device/consumption")
+    status, body = http("GET", f"{base}/no-such-device/consumption", headers=platform_admin())
     assert status == 404 and "no-such-device" in body["detail"]
-    status, body = http("GET", f"{base}/cons-bad/consumption?quantity=1-0:32.7.0")
+    status, body = http("GET", f"{base}/cons-bad/consumption?quantity=1-0:32.7.0", headers=platform_admin())
     assert status == 422 and "not an energy register" in body["detail"]
     query = urlencode({"from": "2026-06-02T00:00:00+03:00", "to": "2026-06-01T00:00:00+03:00"})
-    status, body = http("GET", f"{base}/cons-bad/consumption?{query}")
+    status, body = http("GET", f"{base}/cons-bad/consumption?{query}", headers=platform_admin())
     assert status == 422 and "earlier" in body["detail"]
     query = urlencode({"from": "2026-01-01T00:00:00+03:00", "to": "2026-06-01T00:00:00+03:00"})
-    status, body = http("GET", f"{base}/cons-bad/consumption?{query}")
+    status, body = http("GET", f"{base}/cons-bad/consumption?{query}", headers=platform_admin())
     assert status == 422 and "at most 93 days" in body["detail"]
     # A device with no readings: every half-hour missing, null energy, never a made-up number.
     body = _get(api, "cons-bad", **{"from": "2026-06-01T00:00:00+03:00", "to": "2026-06-01T03:00:00+03:00"})

@@ -9,7 +9,7 @@ import asyncpg
 
 from meterray.domain import Quality
 from storage.postgres.readings import ReadingsWriter
-from tests.pipeline.helpers import all_devices, http, sql
+from tests.pipeline.helpers import all_devices, http, platform_admin, sql
 
 ENERGY = "1-0:1.8.0"
 
@@ -42,12 +42,13 @@ def test_readings_show_quality_flags_by_name_and_as_bitmask(runtime: dict) -> No
 
     asyncio.run(write())
     window = f"from={start.isoformat()}&to={(start + timedelta(minutes=1)).isoformat()}".replace("+", "%2B")
-    status, body = http("GET", f"{api}/api/v1/devices/{device}/readings?quantity={ENERGY}&{window}")
+    status, body = http("GET", f"{api}/api/v1/devices/{device}/readings?quantity={ENERGY}&{window}",
+                        headers=platform_admin())
     assert status == 200, body
     got = [(r["quality"], r["quality_flags"]) for r in body["readings"]]
     expected = [(f.value, [f.name]) for f in flags] + [(0, []), (every, [f.name for f in flags])]
     assert got == expected
-    status, body = http("GET", f"{api}/api/v1/devices/{device}/readings/current")
+    status, body = http("GET", f"{api}/api/v1/devices/{device}/readings/current", headers=platform_admin())
     assert status == 200 and body["readings"][0]["quality_flags"] == [f.name for f in flags]
 
 
@@ -60,7 +61,8 @@ def test_devices_page_by_keyset_cursor(runtime: dict) -> None:
     cursor = None
     pages = 0
     while True:
-        status, body = http("GET", f"{api}/api/v1/devices?limit=3" + (f"&cursor={cursor}" if cursor else ""))
+        status, body = http("GET", f"{api}/api/v1/devices?limit=3" + (f"&cursor={cursor}" if cursor else ""),
+                            headers=platform_admin())
         assert status == 200, body
         assert len(body["devices"]) <= 3
         seen += [d["id"] for d in body["devices"]]
@@ -72,7 +74,7 @@ def test_devices_page_by_keyset_cursor(runtime: dict) -> None:
             break
     assert seen == everyone and pages == -(-len(everyone) // 3)
     assert "0-api-late" in [d["id"] for d in all_devices(api)]
-    status, body = http("GET", f"{api}/api/v1/devices")
+    status, body = http("GET", f"{api}/api/v1/devices", headers=platform_admin())
     assert status == 200 and len(body["devices"]) == min(100, len(everyone) + 1)
 
 
@@ -80,8 +82,8 @@ def test_bad_paging_parameters_get_a_clear_422(runtime: dict) -> None:
     api = runtime["api"]
     tampered = base64.urlsafe_b64encode(b'{"after": 3}').decode().rstrip("=")
     for cursor in ("not-a-cursor!", "AAAA", tampered):
-        status, body = http("GET", f"{api}/api/v1/devices?cursor={cursor}")
+        status, body = http("GET", f"{api}/api/v1/devices?cursor={cursor}", headers=platform_admin())
         assert status == 422 and "invalid cursor" in body["detail"], (cursor, body)
     for limit in ("0", "1001", "many"):
-        status, body = http("GET", f"{api}/api/v1/devices?limit={limit}")
+        status, body = http("GET", f"{api}/api/v1/devices?limit={limit}", headers=platform_admin())
         assert status == 422 and body["detail"][0]["loc"] == ["query", "limit"], (limit, body)

@@ -17,10 +17,16 @@ from protocols.http.signing import SIGNATURE_HEADER, sign
 from storage.kafka import codec, topics
 from tests.conftest import wait_for
 from tests.partner_docs import ENERGY, expected_kwh, meters, partner, readings_path
-from tests.pipeline.helpers import all_devices, http, read_topic, sql
+from tests.pipeline.helpers import all_devices, platform_admin, read_topic, sql
+from tests.pipeline.helpers import http as anonymous_http
 
 KEY = "sim-key"  # the simulator's API key: the secret under test
 HOOK = "hook-secret-7f3a"
+
+
+def http(method: str, url: str, body: Any = None) -> tuple[int, Any]:
+    """Every call of this module's tests as a platform admin (partners:manage, meterray.access)."""
+    return anonymous_http(method, url, body, platform_admin())
 
 
 def _push(api: str, pid: str, path: str, body: bytes, signature: str | None) -> tuple[int, Any]:

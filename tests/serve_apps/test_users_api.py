@@ -111,6 +111,7 @@ def api(users_settings: Settings, ray_cluster: None) -> Iterator[Api]:
     yield Api(base)
     serve.delete("users")
     serve.delete("users-me")
+    serve.delete("users-admin")
 
 
 @pytest.fixture

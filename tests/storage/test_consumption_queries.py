@@ -74,7 +74,7 @@ async def test_device_time_zones_are_iana_names(database: Settings) -> None:
         await conn.execute("INSERT INTO devices.devices (id, name, protocol, profile, unit_id)"
                            " VALUES ('tz-1', 'tz-1', 'modbus_tcp', 'sdm630', 1) ON CONFLICT DO NOTHING")
         assert await consumption.set_device_timezone(conn, "tz-1", "Asia/Vladivostok")
-        assert (await consumption.metering(conn, "tz-1")).timezone == "Asia/Vladivostok"  # type: ignore[union-attr]
+        assert (await consumption.metering(conn, "tz-1", organisation_id=None)).timezone == "Asia/Vladivostok"  # type: ignore[union-attr]
         assert not await consumption.set_device_timezone(conn, "no-such-device", "Europe/Moscow")
         with pytest.raises(asyncpg.CheckViolationError, match="unknown time zone 'Mars/Olympus'"):
             await consumption.set_device_timezone(conn, "tz-1", "Mars/Olympus")
@@ -83,7 +83,7 @@ async def test_device_time_zones_are_iana_names(database: Settings) -> None:
         assert await consumption.set_backfill_window(conn, "tz-1", timedelta(days=30))
         assert "tz-1" in [m.device_id for m in await consumption.metered_devices(conn)]
         assert await consumption.set_device_timezone(conn, "tz-1", None)  # back to the default setting
-        assert (await consumption.metering(conn, "tz-1")).timezone is None  # type: ignore[union-attr]
+        assert (await consumption.metering(conn, "tz-1", organisation_id=None)).timezone is None  # type: ignore[union-attr]
     finally:
         await conn.execute("DELETE FROM devices.devices WHERE id = 'tz-1'")
         await conn.close()

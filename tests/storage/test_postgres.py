@@ -33,12 +33,13 @@ async def test_archive_write_is_idempotent_and_current_keeps_the_latest(database
         await readings.ReadingsWriter().write(conn, _rows("w-1", start, 5))  # replayed by another writer, older
         count = await conn.fetchval("SELECT count(*) FROM monitoring.readings WHERE device_id = 'w-1'")
         assert count == 10
-        current = await readings.current_readings(conn, "w-1")
+        current = await readings.current_readings(conn, "w-1", organisation_id=None)
         assert [(r["quantity"], r["value"], r["ts"]) for r in current] == [("1-0:1.8.0", 19.0, start.replace(second=9))]
         partition = await conn.fetchval(
             "SELECT tableoid::regclass::text FROM monitoring.readings WHERE device_id = 'w-1' LIMIT 1")
         assert partition == "monitoring.readings_2031_03"
-        history = await readings.reading_history(conn, "w-1", "1-0:1.8.0", start, start.replace(second=5), 100)
+        history = await readings.reading_history(conn, "w-1", "1-0:1.8.0", start, start.replace(second=5), 100,
+                                                  organisation_id=None)
         assert [r["value"] for r in history] == [10.0, 11.0, 12.0, 13.0, 14.0]
     finally:
         await conn.close()
