@@ -28,7 +28,7 @@ from storage.kafka.producer import AsyncProducer
 from storage.postgres.readings import ReadingsWriter
 from tests.conftest import SIM_BASE_PORT, wait_for
 from tests.partner_docs import ENERGY, expected_kwh, partner, readings_path
-from tests.pipeline.helpers import db, http, read_topic, sql
+from tests.pipeline.helpers import db, http, platform_admin, read_topic, sql
 from tests.storage.archive_rows import row
 
 PORT = SIM_BASE_PORT + 83  # a partner simulator of this module's own, with a reading per minute
@@ -80,7 +80,7 @@ def _seed(settings: Settings, spans: list[tuple[datetime, datetime]]) -> int:
 
 def _consumption(api: str, start: datetime, end: datetime) -> dict[str, Any]:
     query = urlencode({"from": start.isoformat(), "to": end.isoformat()})
-    status, body = http("GET", f"{api}/api/v1/devices/{DEVICE}/consumption?{query}")
+    status, body = http("GET", f"{api}/api/v1/devices/{DEVICE}/consumption?{query}", headers=platform_admin())
     assert status == 200, body
     return dict(body)
 
@@ -99,7 +99,8 @@ def test_a_partner_gap_is_asked_for_once_fetched_and_then_measured(runtime: dict
     _control(minute_partner, error_every=1, throttle_every=0)
     path = readings_path("r", "json", "cursor", [METER], size=500, interval_s=30.0, initial_lookback_s=600.0)
     status, body = http("POST", f"{api}/api/v1/partners", partner(PID, minute_partner, [path], [METER],
-                                                                     backfill_window_s=86_400))
+                                                                     backfill_window_s=86_400),
+                        headers=platform_admin())
     assert status == 201, body
     try:
         _seed(settings, [(a, b), (c, d)])
@@ -148,7 +149,7 @@ def test_a_partner_gap_is_asked_for_once_fetched_and_then_measured(runtime: dict
               f"{ping['backfills_created']} rows made, {ping['already_asked']} requests already asked for")
     finally:
         _control(minute_partner, error_every=0)
-        http("DELETE", f"{api}/api/v1/partners/{PID}")
+        http("DELETE", f"{api}/api/v1/partners/{PID}", headers=platform_admin())
 
 
 def test_a_request_no_source_can_serve_is_dead_lettered_with_why(runtime: dict) -> None:
