@@ -176,9 +176,11 @@ async def next_due_in_s(pool: asyncpg.Pool) -> float | None:
 
 async def settle(pool: asyncpg.Pool, outbox_id: int, status: str, *, job_id: str | None = None,
                  error: str | None = None) -> None:
-    """A final outcome: sent (with Unisender's job id), logged, rejected or failed."""
+    """A final outcome: sent (with Unisender's job id), logged, rejected or failed. The last error is kept
+    (a sent e-mail shows what its earlier attempts met)."""
     await pool.execute(
-        "UPDATE notify.email_outbox SET status = $2, job_id = coalesce($3, job_id), last_error = $4,"
+        "UPDATE notify.email_outbox SET status = $2, job_id = coalesce($3, job_id),"
+        " last_error = coalesce($4, last_error),"
         " sent_at = CASE WHEN $2 IN ('sent', 'logged') THEN now() ELSE sent_at END WHERE id = $1",
         outbox_id, status, job_id, error)
 
