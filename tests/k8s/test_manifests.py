@@ -142,7 +142,8 @@ def test_serve_config_is_valid_and_its_import_paths_build_applications(target: s
     assert text == (K8S / "base" / "serve_config.yaml").read_text()
     config = ServeDeploySchema.model_validate(yaml.safe_load(text))
     assert {a.name: a.route_prefix for a in config.applications} == {
-        "ingestion": None, "monitoring": "/", "users": "/api/v1/auth", "users-me": "/api/v1/me"}
+        "ingestion": None, "monitoring": "/", "users": "/api/v1/auth", "users-me": "/api/v1/me",
+        "notifications": "/api/v1/notifications"}
     for app in config.applications:
         module, _, attr = app.import_path.partition(":")
         builder = getattr(importlib.import_module(module), attr)

@@ -312,3 +312,30 @@ def test_unisender_errors_are_retried_and_the_email_is_sent_once(runtime: dict, 
     [row] = wait_for(lambda: _sent_by_keys(settings, [event_key(online)], 1), 90, "the e-mail sent after a 502")
     [sent] = _at_fake(unisender, [row])
     assert row["attempts"] == 2 and row["job_id"] == sent["job_id"]
+
+
+def test_preferences_and_the_organisations_rules_choose_who_hears_on_which_channel(
+        runtime: dict, unisender: FakeUnisender) -> None:
+    settings, api = runtime["settings"], runtime["api"]
+    org = Org(settings, {"anna": "admin", "oleg": "operator", "ivan": "operator", "cora": "customer"})
+    url = f"{api}/api/v1/notifications/preferences"
+    assert call("GET", url, org.headers["oleg"]) == (200, {"in_app": True, "email": True, "muted_kinds": []})
+    assert call("PUT", url, org.headers["oleg"], {"in_app": True, "email": False}) == (
+        200, {"in_app": True, "email": False, "muted_kinds": []})
+    assert call("PUT", url, org.headers["ivan"], {"muted_kinds": ["device_offline"]})[0] == 200
+    assert call("GET", url, org.headers["ivan"])[1]["muted_kinds"] == ["device_offline"]
+    assert call("PUT", url, org.headers["ivan"], {"muted_kinds": ["everything"]})[0] == 422
+    assert call("PUT", url, org.headers["ivan"], {"email": "sometimes"})[0] == 422
+    assert call("PUT", url, body={"email": False})[0] == 401
+    # The organisation's own rule for offline: admins and operators only (customers keep the default elsewhere).
+    sql(settings.pg_dsn, "INSERT INTO notify.rules (organisation_id, kind, roles, channels)"
+                         " VALUES ($1, 'device_offline', ARRAY['admin', 'operator'], ARRAY['in_app', 'email'])", org.id)
+    device_id = f"notify-prefs-{uuid.uuid4().hex[:6]}"
+    org.own(settings, device_id)
+    offline = DeviceEvent(device_id, int(time.time() * 1000), "status", S.OFFLINE, S.DEGRADED, "timeout", ("timeout",))
+    _produce(settings, [offline])
+    wait_for(lambda: _by_keys(settings, "notifications", [event_key(offline)]), 60, "the offline notification")
+    sent = wait_for(lambda: _sent_by_keys(settings, [event_key(offline)], 1), 60, "anna's e-mail sent")
+    in_app = {n["user_id"] for n in _by_keys(settings, "notifications", [event_key(offline)])}
+    assert in_app == {org.users["anna"], org.users["oleg"]}  # ivan muted it, cora's role is not in the rule
+    assert [r["user_id"] for r in sent] == [org.users["anna"]]  # type: ignore[union-attr]  # oleg: in-app only
