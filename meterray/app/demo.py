@@ -108,12 +108,15 @@ def _wait_for_interrupt(settings: Settings, show_progress: bool, started: float)
 
 def _print_urls(settings: Settings, api: str) -> None:
     from meterray.auth_backends import auth_backends
+    from meterray.notify import email_backend, email_warnings
 
     print(f"\nmeterray is running\n  API:            {api}/api/v1/devices\n  OpenAPI docs:   {api}/docs\n"
           f"  users:          {api}/api/v1/auth/docs (register, token, refresh, logout), {api}/api/v1/me\n"
           f"  health:         {api}/healthz\n  Ray dashboard:  http://127.0.0.1:{settings.dashboard_port}\n"
           f"  Prometheus:     http://127.0.0.1:{settings.metrics_port}/metrics (ray_meterray_* series)\n"
-          + "".join(f"  DEVELOPMENT FALLBACK: {w}\n" for w in auth_backends(settings).warnings())
+          + f"  notifications:  {api}/api/v1/notifications (bearer; OpenAPI at {api}/api/v1/notifications/docs)\n"
+          + "".join(f"  DEVELOPMENT FALLBACK: {w}\n"
+                    for w in auth_backends(settings).warnings() + email_warnings(email_backend(settings)))
           + "Press Ctrl-C to stop.\n", flush=True)
 
 
