@@ -124,6 +124,7 @@ class NotifierCore(ConsumerStage):
         await self._sender.stop()
 
     async def ping(self) -> dict[str, object]:
+        self._sender.check()
         return {**await super().ping(), "events_notified": self.notified, "events_suppressed": self.suppressed,
                 "notifications": self.in_app, "emails_queued": self.emails_queued, **self._sender.stats(),
                 "fallbacks": self._warnings}

@@ -60,6 +60,13 @@ class OutboxSender:
         if self._client is not None:
             await self._client.close()
 
+    def check(self) -> None:
+        """Raises when the loop died (the notifier's ping then fails and the supervisor replaces it)."""
+        if self._task is not None and self._task.done() and not self._task.cancelled():
+            err = self._task.exception()
+            if err is not None:
+                raise RuntimeError(f"outbox sender died: {err!r}")
+
     def stats(self) -> dict[str, object]:
         return {"email_sender": self._backend.value, "emails_sent": self.sent, "emails_logged": self.logged,
                 "emails_rejected": self.rejected, "emails_failed": self.failed, "email_retries": self.retries,

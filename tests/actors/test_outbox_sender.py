@@ -13,7 +13,7 @@ from pydantic import SecretStr
 
 from actors.outbox_sender import OutboxSender
 from meterray.auth_backends import BackendConfigError
-from meterray.notify import EmailBackend, email_backend
+from meterray.notify import EmailBackend, email_backend, email_warnings
 from meterray.settings import Settings
 
 
@@ -21,6 +21,9 @@ def test_without_a_key_emails_are_logged_and_marked_logged_never_sent(actors_db:
                                                                       caplog: pytest.LogCaptureFixture) -> None:
     settings = actors_db.model_copy(update={"unisender_api_key": SecretStr("")})
     assert email_backend(settings) is EmailBackend.LOG_ONLY
+    # What the notifier reports at start-up and among its counters in GET /api/v1/runtime (`fallbacks`).
+    assert any("METERRAY_UNISENDER_API_KEY is not set" in w for w in email_warnings(EmailBackend.LOG_ONLY))
+    assert email_warnings(EmailBackend.UNISENDER) == []
 
     async def run() -> tuple[list[asyncpg.Record], dict[str, object]]:
         pool = await asyncpg.create_pool(settings.pg_dsn, min_size=1, max_size=2)
