@@ -22,6 +22,7 @@ import asyncpg
 import ray
 from confluent_kafka import Message
 
+from actors import metrics
 from actors.consumer_stage import ConsumerStage, StageHost
 from actors.outbox_sender import OutboxSender
 from meterray.domain import DeviceEvent
@@ -162,6 +163,8 @@ class NotifierCore(ConsumerStage):
                 changed = {k: v for k, v in state.items() if before.get(k) != v}
                 await repo.write_batch(conn, rows.events, changed, rows.notifications, rows.outbox,
                                        dict(rows.suppressed_after))
+        for (kind_name, outcome), n in Counter((e.kind, e.outcome) for e in rows.events).items():
+            metrics.count(metrics.notifications(), n, kind=kind_name, outcome=outcome)
         self.notified += sum(1 for e in rows.events if e.outcome == "notified")
         self.suppressed += sum(1 for e in rows.events if e.outcome == "suppressed")
         self.in_app += len(rows.notifications)

@@ -14,6 +14,7 @@ import logging
 
 import asyncpg
 
+from actors import metrics
 from meterray.backoff import Backoff
 from meterray.notify import EmailBackend
 from meterray.settings import Settings
@@ -99,6 +100,7 @@ class OutboxSender:
                         item.subject)
             await repo.settle(self._pool, item.id, "logged")
             self.logged += 1
+            metrics.count(metrics.emails(), 1, outcome="logged")
             return
         s = self._settings
         email = Email(item.email, item.subject, item.body_plain, item.body_html, s.notify_from_email,
@@ -111,18 +113,22 @@ class OutboxSender:
                 log.error("e-mail %d given up after %d attempt(s): %s", item.id, item.attempts, err)
                 await repo.settle(self._pool, item.id, "failed", error=str(err))
                 self.failed += 1
+                metrics.count(metrics.emails(), 1, outcome="failed")
                 return
             delay = Backoff(s.notify_email_retry_base_s, s.notify_email_retry_cap_s, item.attempts - 1).next_delay()
             delay = max(delay, min(err.retry_after_s or 0.0, s.notify_email_retry_cap_s))
             log.warning("e-mail %d not sent (attempt %d): %s; next try in %.1fs", item.id, item.attempts, err, delay)
             await repo.retry_later(self._pool, item.id, delay, str(err))
             self.retries += 1
+            metrics.count(metrics.emails(), 1, outcome="retry")
             return
         refusal = {a.lower(): c for a, c in sent.failed.items()}.get(item.email.lower())
         if refusal is not None:
             log.warning("e-mail %d refused by Unisender for its address: %s", item.id, refusal)
             await repo.settle(self._pool, item.id, "rejected", job_id=sent.job_id, error=refusal)
             self.rejected += 1
+            metrics.count(metrics.emails(), 1, outcome="rejected")
         else:
             await repo.settle(self._pool, item.id, "sent", job_id=sent.job_id)
             self.sent += 1
+            metrics.count(metrics.emails(), 1, outcome="sent")
