@@ -9,7 +9,7 @@ import json
 
 import aiohttp
 
-from protocols.fns.client import retry_after
+from protocols.http.client import retry_after_s
 from protocols.unisender.wire import SEND_PATH, SERVICE, Email, Sent, parse_error, parse_sent, send_body
 from protocols.upstream import Unavailable
 
@@ -49,7 +49,7 @@ class UnisenderClient:
                 if len(raw) > MAX_ANSWER_BYTES:
                     raise Unavailable(SERVICE, "the answer is larger than any send answer")
                 if resp.status != 200:
-                    raise parse_error(resp.status, raw, retry_after(resp.headers))
+                    raise parse_error(resp.status, raw, retry_after_s(resp.headers.get("Retry-After")))
         except (aiohttp.ClientError, asyncio.TimeoutError) as err:
             raise Unavailable(SERVICE, f"no answer ({type(err).__name__})") from None
         return parse_sent(raw)
