@@ -111,6 +111,20 @@ def consumer_lag_messages() -> metrics.Gauge:
 
 
 @cache
+def notifications() -> metrics.Counter:
+    return metrics.Counter("meterray_notifications_total",
+                           "Device events the notifier decided on, by kind and outcome (notified, suppressed, too_old)",
+                           tag_keys=("kind", "outcome"))
+
+
+@cache
+def emails() -> metrics.Counter:
+    return metrics.Counter("meterray_emails_total",
+                           "E-mail send attempts of the outbox, by outcome (sent, logged, rejected, failed, retry)",
+                           tag_keys=("outcome",))
+
+
+@cache
 def actor_restarts() -> metrics.Counter:
     return metrics.Counter("meterray_actor_restarts_total", "Actors the supervisor had to recreate",
                            tag_keys=("role",))

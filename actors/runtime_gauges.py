@@ -14,7 +14,7 @@ import logging
 
 import asyncpg
 
-from actors import device_processor, metrics, pg_writer
+from actors import device_processor, metrics, notifier, pg_writer
 from meterray.domain import DeviceStatus
 from meterray.settings import Settings
 from storage.kafka import topics
@@ -25,7 +25,8 @@ log = logging.getLogger(__name__)
 
 EXPORT_INTERVAL_S = 10.0  # Ray's metrics agent exports every 10 s: refreshing faster shows nothing more
 # The consumer groups of the pipeline and what they read (unprefixed: Settings.topic adds the prefix).
-CONSUMER_GROUPS = ((device_processor.GROUP_ID, topics.READINGS_RAW), (pg_writer.GROUP_ID, topics.READINGS))
+CONSUMER_GROUPS = ((device_processor.GROUP_ID, topics.READINGS_RAW), (pg_writer.GROUP_ID, topics.READINGS),
+                   (notifier.GROUP_ID, topics.DEVICE_EVENTS))
 # Every status a device can have: a status no device has any more is exported as 0, not its last count.
 STATUSES = tuple(s.value for s in DeviceStatus)
 

@@ -50,6 +50,7 @@ from actors.logs import setup_logging
 from actors.modbus_shard import ModbusShard
 from actors.mqtt_shard import MqttShard
 from actors.naming import create_named
+from actors.notifier import Notifier
 from actors.partner import PartnerActor
 from actors.pg_writer import PgWriter
 from meterray.domain import ModbusConnection
@@ -166,7 +167,8 @@ class Supervisor:
         connections = await self._load()
         s = self._settings
         for role, actor_class, count in (("device-processor", DeviceProcessor, s.device_processors),
-                                         ("pg-writer", PgWriter, s.pg_writers), ("backfill", BackfillActor, 1)):
+                                         ("pg-writer", PgWriter, s.pg_writers), ("backfill", BackfillActor, 1),
+                                         ("notifier", Notifier, s.notifiers)):
             for i in range(count):
                 self._children[f"{role}-{i}"] = Child(f"{role}-{i}", role, actor_class)
         others = list(self._children.values())

@@ -114,6 +114,22 @@ class Settings(BaseModel):
     demo_admin_email: str = "demo@meterray.local"
     demo_platform_email: str = "platform@meterray.local"
     demo_password: SecretStr = SecretStr("meterray-demo")
+    # Notifications (actors/notifier.py, serve_apps/notifications). Unisender Go: POST <unisender_url>/email/send.json
+    # (external_apis.md §3); the base URL follows the account's data centre (go1 or go2). Empty key: e-mails
+    # are logged only (development; refused in production). The key also verifies the webhook's `auth`.
+    unisender_url: str = "https://go1.unisender.ru/ru/transactional/api/v1"
+    unisender_api_key: SecretStr = SecretStr("")
+    notify_from_email: str = "noreply@meterray.local"
+    notify_from_name: str = "meterray"
+    notifiers: int = Field(1, ge=1)
+    # Per device and kind at most one notification per this many seconds of event time; the rest counted.
+    notify_throttle_s: int = Field(600, ge=0, le=7 * 86_400)
+    # An event older than this when it arrives (a new consumer group reading old history) notifies nobody.
+    notify_max_event_age_s: int = Field(3600, gt=0)
+    # Outbox retries: exponential backoff from base to cap, then the e-mail is given up (status failed).
+    notify_email_retry_base_s: float = Field(2.0, gt=0, le=3600)
+    notify_email_retry_cap_s: float = Field(900.0, gt=0, le=86_400)
+    notify_email_max_attempts: int = Field(12, ge=1, le=100)
 
     @model_validator(mode="before")
     @classmethod

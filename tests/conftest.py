@@ -15,6 +15,7 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 import pytest
+from pydantic import SecretStr
 
 os.environ.setdefault("RAY_AUTH_MODE", "disabled")
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
@@ -25,6 +26,11 @@ RUN_ID = uuid.uuid4().hex[:8]
 SIM_BASE_PORT = int(os.environ.get("METERRAY_TEST_SIM_PORT", "16020"))
 SIM_PORTS, SIM_UNITS = 4, 3  # 12 simulated meters behind 4 TCP endpoints
 POLL_INTERVAL_S = 1.0
+# The fake Unisender Go of the notification tests (simulators/fake_unisender.py): the runtime's notifier
+# sends there; nothing listens unless a test started it, and nothing is sent unless a test's devices
+# belong to an organisation with users.
+UNISENDER_PORT = SIM_BASE_PORT + 8  # in this checkout's block of ten ports (other checkouts' start ten apart)
+UNISENDER_KEY = "unisender-test-key-7e3b91c4d2"
 
 
 @pytest.fixture(scope="session")
@@ -41,6 +47,8 @@ def settings() -> Iterator[Settings]:
         "api_port": int(os.environ.get("METERRAY_TEST_API_PORT", "18000")),
         "connections_per_shard": 2,
         "backfill_scan_s": 5.0,  # the gap scan runs within the tests' patience (tests/pipeline/test_backfill.py)
+        "unisender_url": f"http://127.0.0.1:{UNISENDER_PORT}/ru/transactional/api/v1",
+        "unisender_api_key": SecretStr(UNISENDER_KEY),
     })
     asyncio.run(drop_database(base.pg_dsn, test_db))
 

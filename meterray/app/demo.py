@@ -117,6 +117,7 @@ def _wait_for_interrupt(settings: Settings, show_progress: bool, started: float)
 
 def _print_urls(settings: Settings, api: str, logins: str = "") -> None:
     from meterray.auth_backends import auth_backends
+    from meterray.notify import email_backend, email_warnings
 
     print(f"\nmeterray is running\n  API:            {api}/api/v1/devices (every API needs an access token)\n"
           f"  OpenAPI docs:   {api}/docs\n"
@@ -124,7 +125,9 @@ def _print_urls(settings: Settings, api: str, logins: str = "") -> None:
           f"{api}/api/v1/users (admins)\n" + logins +
           f"  health:         {api}/healthz\n  Ray dashboard:  http://127.0.0.1:{settings.dashboard_port}\n"
           f"  Prometheus:     http://127.0.0.1:{settings.metrics_port}/metrics (ray_meterray_* series)\n"
-          + "".join(f"  DEVELOPMENT FALLBACK: {w}\n" for w in auth_backends(settings).warnings())
+          + f"  notifications:  {api}/api/v1/notifications (bearer; OpenAPI at {api}/api/v1/notifications/docs)\n"
+          + "".join(f"  DEVELOPMENT FALLBACK: {w}\n"
+                    for w in auth_backends(settings).warnings() + email_warnings(email_backend(settings)))
           + "Press Ctrl-C to stop.\n", flush=True)
 
 
@@ -133,9 +136,11 @@ def run_until_interrupted(settings: Settings, show_progress: bool = True, starte
     """`logins(api)`: lines telling how to log in, printed with the URLs (the demo's accounts)."""
     from meterray.app.runtime import init_ray, prepare_stores, start_api, start_ingestion, stop_all
     from meterray.auth_backends import auth_backends
+    from meterray.notify import email_backend
 
     started = time.monotonic() if started is None else started
     auth_backends(settings)  # METERRAY_ENV=production: refused before anything starts (BackendConfigError)
+    email_backend(settings)  # the same for a missing Unisender key
     prepare_stores(settings)
     init_ray(settings)
     try:

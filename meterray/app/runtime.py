@@ -83,14 +83,15 @@ def on_the_head() -> dict[str, float]:
 
 def runtime_sources(settings: Settings) -> RuntimeSources:
     """Where `GET /api/v1/runtime` and `meterray status` find the runtime: the supervisor and the consumer groups."""
-    from actors import backfill, device_processor, pg_writer
+    from actors import backfill, device_processor, notifier, pg_writer
     from actors.supervisor import SUPERVISOR_NAME
     from storage.kafka import topics
 
     groups = (ConsumerGroup("device-processor", settings.topic(device_processor.GROUP_ID),
                             settings.topic(topics.READINGS_RAW)),
               ConsumerGroup("pg-writer", settings.topic(pg_writer.GROUP_ID), settings.topic(topics.READINGS)),
-              ConsumerGroup("backfill", settings.topic(backfill.GROUP_ID), settings.topic(topics.BACKFILL_REQUESTS)))
+              ConsumerGroup("backfill", settings.topic(backfill.GROUP_ID), settings.topic(topics.BACKFILL_REQUESTS)),
+              ConsumerGroup("notifier", settings.topic(notifier.GROUP_ID), settings.topic(topics.DEVICE_EVENTS)))
     return RuntimeSources(SUPERVISOR_NAME, settings.ray_namespace, settings.kafka_bootstrap, groups)
 
 
@@ -100,6 +101,17 @@ def start_api(settings: Settings) -> str:
     serve.start(http_options={"host": settings.api_host, "port": settings.api_port})
     serve.run(build_app(settings, runtime_sources(settings)), name="monitoring", route_prefix="/", blocking=False)
     start_users_api(settings)
+    start_notifications_api(settings)
+    return f"http://{settings.api_host}:{settings.api_port}"
+
+
+def start_notifications_api(settings: Settings) -> str:
+    """/api/v1/notifications (serve_apps.notifications). Reports the log-only e-mail fallback; refuses it
+    with METERRAY_ENV=production."""
+    from serve_apps.notifications.app import PREFIX, build_notifications_app
+
+    serve.start(http_options={"host": settings.api_host, "port": settings.api_port})
+    serve.run(build_notifications_app(settings), name="notifications", route_prefix=PREFIX, blocking=False)
     return f"http://{settings.api_host}:{settings.api_port}"
 
 

@@ -11,6 +11,7 @@ secrets by reference) with `args` on top, so `args: {kafka_partitions: 12}` over
 - `monitoring`: the HTTP API (serve_apps.monitoring).
 - `users`, `users_me`, `users_admin`: the users service (serve_apps.users) at /api/v1/auth, /api/v1/me and
   /api/v1/users.
+- `notifications`: in-app notifications, preferences and Unisender's webhook at /api/v1/notifications.
 """
 from __future__ import annotations
 
@@ -24,6 +25,7 @@ from meterray.app.runtime import runtime_sources, start_ingestion
 from meterray.placement import serve_request
 from meterray.settings import Settings
 from serve_apps.monitoring.app import build_app
+from serve_apps.notifications.app import build_notifications_app
 from serve_apps.users.app import build_me_app, build_users_admin_app, build_users_app
 
 HEALTH_TIMEOUT_S = 10.0
@@ -70,3 +72,7 @@ def users_me(args: dict[str, Any] | None = None) -> Application:
 
 def users_admin(args: dict[str, Any] | None = None) -> Application:
     return build_users_admin_app(settings_from(args))
+
+
+def notifications(args: dict[str, Any] | None = None) -> Application:
+    return build_notifications_app(settings_from(args))

@@ -24,7 +24,8 @@ SUPERVISOR_TIMEOUT_S = 10.0
 RATED = {"modbus-shard": ("polls_ok", "polls_failed", "readings", "delivered", "dead_letters"),
          "device-processor": ("messages", "dead_letters"),
          "pg-writer": ("messages", "dead_letters"),
-         "backfill": ("messages", "dead_letters")}
+         "backfill": ("messages", "dead_letters"),
+         "notifier": ("messages", "emails_sent")}
 SHOWN = {"modbus-shard": ("polls_ok", "polls_failed", "readings", "dead_letters", "overruns", "connects",
                           "buffered_records", "buffer_peak_records", "buffer_dropped_records", "delivery_failures",
                           "redelivered", "p50_ms", "p99_ms"),
@@ -33,7 +34,12 @@ SHOWN = {"modbus-shard": ("polls_ok", "polls_failed", "readings", "dead_letters"
          "pg-writer": ("batches", "messages", "dead_letters", "sink_failures", "paused", "outage_s",
                        "rebalances", "consumer_reopened", "last_error"),
          "backfill": ("scans", "gaps_requested", "last_scan_at", "last_scan_ms", "last_scan_error", "messages",
-                      "backfills_created", "already_asked", "dead_letters", "sink_failures", "paused", "last_error")}
+                      "backfills_created", "already_asked", "dead_letters", "sink_failures", "paused", "last_error"),
+         # email_sender: unisender, or log-only (development fallback: `fallbacks` says so)
+         "notifier": ("batches", "messages", "dead_letters", "sink_failures", "paused", "outage_s", "last_error",
+                      "events_notified", "events_suppressed", "notifications", "emails_queued", "email_sender",
+                      "emails_sent", "emails_logged", "emails_rejected", "emails_failed", "email_retries",
+                      "email_last_error", "fallbacks")}
 
 
 @dataclass(frozen=True, slots=True)
@@ -146,5 +152,5 @@ async def runtime_view(supervisor: Any, pool: asyncpg.Pool, sources: RuntimeSour
 def _order(name: str) -> tuple[int, str, int]:
     # Sources first, then the stages in pipeline order; modbus-shard-10 after modbus-shard-9.
     stem, _, index = name.rpartition("-")
-    rank = {"modbus-shard": 0, "device-processor": 1, "pg-writer": 2}.get(stem, 3)
+    rank = {"modbus-shard": 0, "device-processor": 1, "pg-writer": 2, "notifier": 3}.get(stem, 4)
     return (rank, stem, int(index)) if index.isdigit() else (rank, name, -1)

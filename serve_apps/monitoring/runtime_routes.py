@@ -8,6 +8,7 @@ import ray
 from fastapi import APIRouter, HTTPException, Query
 
 from meterray.auth_backends import auth_backends
+from meterray.notify import email_backend, email_warnings
 from serve_apps.auth import RuntimeScope
 from serve_apps.deps import AppSettings, Db
 from serve_apps.monitoring.runtime import RuntimeOut, RuntimeSources, runtime_view
@@ -46,4 +47,5 @@ async def runtime(
         view = await runtime_view(supervisor, db, _sources, window_s)
     except (TimeoutError, ray.exceptions.RayError) as err:
         raise HTTPException(503, f"the supervisor did not answer: {type(err).__name__}") from None
-    return view.model_copy(update={"development_fallbacks": auth_backends(settings).warnings()})
+    fallbacks = auth_backends(settings).warnings() + email_warnings(email_backend(settings))
+    return view.model_copy(update={"development_fallbacks": fallbacks})

@@ -12,6 +12,8 @@ import yaml
 from ray.serve import Application
 from ray.serve.schema import ServeDeploySchema
 
+from meterray.auth_backends import auth_backends
+from meterray.notify import email_backend
 from meterray.settings import Settings
 from storage.kafka.topics import ALL_TOPICS
 from tests.k8s.manifests import K8S, OVERLAYS, SCHEMAS, containers, errors, one, render
@@ -165,7 +167,8 @@ def test_serve_config_is_valid_and_its_import_paths_build_applications(target: s
     config = ServeDeploySchema.model_validate(yaml.safe_load(text))
     assert {a.name: a.route_prefix for a in config.applications} == {
         "ingestion": None, "monitoring": "/", "users": "/api/v1/auth", "users-me": "/api/v1/me",
-        "users-admin": "/api/v1/users"}
+        "users-admin": "/api/v1/users",
+        "notifications": "/api/v1/notifications"}
     for app in config.applications:
         module, _, attr = app.import_path.partition(":")
         builder = getattr(importlib.import_module(module), attr)
@@ -190,6 +193,8 @@ def test_every_ray_container_has_what_its_environment_demands(overlay: str) -> N
     objects = render(f"overlays/{overlay}")
     for environ in _pod_environments(objects):
         settings = Settings.from_env(environ)  # raises, naming the variable, when something is missing
+        auth_backends(settings)  # and so do the start-up checks of the users and notifications services
+        email_backend(settings)
         assert settings.env == ("production" if overlay == "prod" else "development")
     if overlay == "prod":
         for c in containers(one(objects, "RayService")):

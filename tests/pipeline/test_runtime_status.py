@@ -22,7 +22,8 @@ from tests.conftest import wait_for
 from tests.pipeline.helpers import http, platform_admin, sql
 
 CLASS_OF_ROLE = {"modbus-shard": "ModbusShard", "device-processor": "DeviceProcessor", "pg-writer": "PgWriter",
-                 "backfill": "BackfillActor"}
+                 "backfill": "BackfillActor",
+                 "notifier": "Notifier"}
 
 
 def _children(runtime: dict) -> dict[str, dict]:
@@ -94,7 +95,8 @@ def test_runtime_endpoint_shows_actors_assignments_rates_lag_and_device_states(r
     assert body["totals_per_s"]["modbus-shard.polls_ok"] > 3
     assert {(g["role"], g["topic"]) for g in body["lag"]} == {
         ("device-processor", settings.topic("readings.raw")), ("pg-writer", settings.topic("readings")),
-        ("backfill", settings.topic("backfill-requests"))}
+        ("backfill", settings.topic("backfill-requests")),
+        ("notifier", settings.topic("device-events"))}
     assert all(g["lag"] is not None and g["lag"] >= 0 for g in body["lag"]), body["lag"]
     assert sum(body["device_states"].values()) == sum(_device_states(settings.pg_dsn).values())
     assert body["device_states"].get("online", 0) >= 1

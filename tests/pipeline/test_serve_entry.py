@@ -39,13 +39,15 @@ def test_deploying_the_ingestion_application_starts_the_supervisor_and_its_actor
             return children if children and all(c["last_ping"] for c in children.values()) else None
 
         children = wait_for(ready, 60, "the supervisor's children to answer")
-        assert set(children) == {"device-processor-0", "pg-writer-0", "backfill-0"}  # and no shard: no connections
+        # and no shard: no connections
+        assert set(children) == {"device-processor-0", "pg-writer-0", "backfill-0", "notifier-0"}
         named = {a.name: a.class_name
                  for a in list_actors(address=ray.get_runtime_context().gcs_address,
                                       filters=[("state", "=", "ALIVE")], limit=1000)
                  if a.ray_namespace == settings.ray_namespace}
         assert named == {"supervisor": "Supervisor", "device-processor-0": "DeviceProcessor", "pg-writer-0": "PgWriter",
-                         "backfill-0": "BackfillActor"}
+                         "backfill-0": "BackfillActor",
+                         "notifier-0": "Notifier"}
         assert serve.status().applications[APP].status == "RUNNING"
         # The runtime of the session's own namespace is another supervisor, untouched.
         assert ray.get(runtime["supervisor"].status.remote())["pid"] != ray.get(supervisor.status.remote())["pid"]

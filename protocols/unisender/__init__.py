@@ -1,0 +1,1 @@
+"""Unisender Go (transactional e-mail): the `email/send.json` client and the webhook's format."""
