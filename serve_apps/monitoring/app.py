@@ -8,6 +8,7 @@ from ray.serve import Application
 from meterray.placement import serve_request
 from meterray.settings import Settings
 from serve_apps.deps import Db, configure_db, configure_settings
+from serve_apps.docs import offline_docs
 from serve_apps.monitoring.consumption import consumption_router
 from serve_apps.monitoring.routes import devices_router, health_router
 from serve_apps.monitoring.runtime import RuntimeSources
@@ -15,8 +16,9 @@ from serve_apps.monitoring.runtime_routes import configure_runtime, runtime_rout
 from serve_apps.partners.deps import configure_partners
 from serve_apps.partners.routes import partners_router
 
-api = FastAPI(title="meterray monitoring", version="0.1.0",
+api = FastAPI(title="meterray monitoring", version="0.1.0", docs_url=None, redoc_url=None,  # offline_docs below
               description="Devices, their health, their current values, the readings archive and interval consumption.")
+offline_docs(api)
 api.include_router(devices_router)
 api.include_router(health_router)
 api.include_router(runtime_router)

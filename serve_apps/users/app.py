@@ -19,6 +19,7 @@ from meterray.auth_backends import AuthBackends, auth_backends
 from meterray.settings import Settings
 from serve_apps.auth import configure_auth
 from serve_apps.deps import Db, configure_db
+from serve_apps.docs import offline_docs
 from serve_apps.users import me, register, sessions
 from serve_apps.users.state import configure_users
 
@@ -54,7 +55,8 @@ class _PrefixIsRoot:
 
 
 def _api(title: str, description: str) -> FastAPI:
-    api = FastAPI(title=title, version="0.1.0", description=description)
+    api = FastAPI(title=title, version="0.1.0", description=description, docs_url=None, redoc_url=None)
+    offline_docs(api)  # /docs and /redoc without a CDN
     api.add_middleware(BaseHTTPMiddleware, dispatch=_limit_body)
 
     @api.get("/healthz", tags=["health"])
