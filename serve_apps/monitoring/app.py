@@ -7,6 +7,7 @@ from ray.serve import Application
 
 from meterray.placement import serve_request
 from meterray.settings import Settings
+from serve_apps.cabinet.app import configure_cabinet, mount_cabinet
 from serve_apps.deps import Db, configure_db, configure_settings
 from serve_apps.docs import offline_docs
 from serve_apps.monitoring.consumption import consumption_router
@@ -24,6 +25,7 @@ api.include_router(health_router)
 api.include_router(runtime_router)
 api.include_router(partners_router)  # the partners seed service's routes, served by the same ingress for now
 api.include_router(consumption_router)
+mount_cabinet(api)  # the web cabinet's pages at / (same origin as the API; Serve routes / to this app)
 
 
 @api.get("/healthz", tags=["health"])
@@ -40,6 +42,7 @@ class MonitoringApi:
         configure_runtime(sources)
         configure_partners(settings)
         configure_settings(settings)
+        configure_cabinet(settings)
 
     async def check_health(self) -> None:
         """Serve marks the replica unhealthy (and replaces it) while PostgreSQL does not answer."""
