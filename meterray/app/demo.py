@@ -109,7 +109,8 @@ def _wait_for_interrupt(settings: Settings, show_progress: bool, started: float)
 def _print_urls(settings: Settings, api: str) -> None:
     from meterray.auth_backends import auth_backends
 
-    print(f"\nmeterray is running\n  API:            {api}/api/v1/devices\n  OpenAPI docs:   {api}/docs\n"
+    print(f"\nmeterray is running\n  web cabinet:    {api}/ (sign up at {api}/signup; meters nobody owns are seen by"
+          f" platform staff only)\n  API:            {api}/api/v1/devices\n  OpenAPI docs:   {api}/docs\n"
           f"  users:          {api}/api/v1/auth/docs (register, token, refresh, logout), {api}/api/v1/me\n"
           f"  health:         {api}/healthz\n  Ray dashboard:  http://127.0.0.1:{settings.dashboard_port}\n"
           f"  Prometheus:     http://127.0.0.1:{settings.metrics_port}/metrics (ray_meterray_* series)\n"

@@ -160,7 +160,19 @@ def test_signup_login_logout_and_the_session_cookies(page: Page, context: Browse
     expect(page.locator("#form-error")).to_contain_text("Неверная электронная почта или пароль")
     expect(page.get_by_label("Электронная почта")).to_have_value(EMAIL)
     shot(page, "login-failed")
-    _login(page)
+    # Keyboard only: the skip link comes first, every field is reached with Tab, Enter sends the form.
+    page.goto("/login")
+    page.keyboard.press("Tab")
+    assert page.evaluate("document.activeElement.className") == "skip"
+    for _ in range(10):
+        if page.evaluate("document.activeElement.id") == "f-email":
+            break
+        page.keyboard.press("Tab")
+    page.keyboard.type(EMAIL)
+    page.keyboard.press("Tab")
+    assert page.evaluate("document.activeElement.id") == "f-password"
+    page.keyboard.type(PASSWORD)
+    page.keyboard.press("Enter")
     expect(page).to_have_url(f"{base}/")
     expect(page.locator(".who")).to_contain_text(EMAIL)
     cookies = {c["name"]: c for c in context.cookies()}
@@ -198,6 +210,13 @@ def test_dashboard_shows_the_organisations_devices_and_consumption(page: Page, c
     assert re.match(r"^\d[\d\s\u00a0\u202f]*,\d kWh$", today) and float(
         re.sub(r"[^\d,]", "", month).replace(",", ".")) >= float(re.sub(r"[^\d,]", "", today).replace(",", ".")) > 0
     shot(page, "dashboard")
+    # On a phone: one column, nothing wider than the screen.
+    page.set_viewport_size({"width": 390, "height": 844})
+    too_wide = page.evaluate("""[...document.querySelectorAll('body *')].filter(e => e.closest('.scroll') === null
+        && e.getBoundingClientRect().right > window.innerWidth + 1).map(e => e.tagName + '.' + e.className)""")
+    assert page.evaluate("document.documentElement.scrollWidth <= window.innerWidth"), too_wide
+    shot(page, "dashboard-phone")
+    page.set_viewport_size({"width": 1280, "height": 900})
     page.get_by_role("link", name=re.compile("Все приборы")).click()
     expect(page.locator("#devices tbody tr")).to_have_count(2)
     expect(page.locator("#devices")).to_contain_text(customer["live"])
