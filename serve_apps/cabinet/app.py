@@ -10,6 +10,7 @@ navigation and render a placeholder page: their templates are where those pages 
 """
 from __future__ import annotations
 
+import logging
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Annotated, Any
@@ -49,6 +50,8 @@ from serve_apps.users.schemas import RefreshIn, RegisterIn, TokenOut
 from serve_apps.users.state import configure_users, get_state
 from storage.postgres import cabinet as repo
 
+log = logging.getLogger("meterray.cabinet")
+
 HERE = Path(__file__).parent
 UPLOT = HERE / "node_modules" / "uplot" / "dist"  # npm ci (make install): serve_apps/cabinet/package.json
 PAGE_SIZES = (25, 50, 100)
@@ -70,6 +73,9 @@ router = APIRouter(include_in_schema=False)
 def configure_cabinet(settings: Settings) -> None:
     """Per replica: the users service's state (its checks and settings) for logins and registrations here."""
     configure_users(settings, auth_backends(settings))
+    if not (UPLOT / "uPlot.iife.min.js").is_file():
+        log.warning("the cabinet's chart library is missing (%s): run `make install` (npm ci); pages show tables only",
+                    UPLOT)
 
 
 def mount_cabinet(api: FastAPI) -> None:
