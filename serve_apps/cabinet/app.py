@@ -16,11 +16,12 @@ from pathlib import Path
 from typing import Annotated, Any
 
 from fastapi import APIRouter, FastAPI, Form, HTTPException, Query, Request, Response
-from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse
+from fastapi.responses import HTMLResponse, JSONResponse, PlainTextResponse, RedirectResponse
 from fastapi.security import OAuth2PasswordRequestForm
 from fastapi.staticfiles import StaticFiles
 from fastapi.templating import Jinja2Templates
 from pydantic import ValidationError
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 from meterray.auth_backends import auth_backends
 from meterray.domain import DeviceStatus
@@ -78,7 +79,30 @@ def configure_cabinet(settings: Settings) -> None:
                     UPLOT)
 
 
+FORM_PATHS = ("/login", "/signup", "/logout")
+MAX_FORM_BYTES = 16 * 1024  # a sign-up is a few hundred bytes
+
+
+class _LimitForms:
+    """413 before reading a form post larger than any of the cabinet's (or of unknown length): the body is
+    parsed before a route's code runs, so the limit sits in front of the routes."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" and scope["method"] == "POST" and scope["path"] in FORM_PATHS:
+            length = dict(scope["headers"]).get(b"content-length", b"")
+            if not length.isdigit() or int(length) > MAX_FORM_BYTES:
+                response = PlainTextResponse(f"a form of at most {MAX_FORM_BYTES} bytes, with its length",
+                                             status_code=413)
+                await response(scope, receive, send)
+                return
+        await self.app(scope, receive, send)
+
+
 def mount_cabinet(api: FastAPI) -> None:
+    api.add_middleware(_LimitForms)
     api.include_router(router)
     api.mount("/static/cabinet", StaticFiles(directory=HERE / "static"), name="cabinet-static")
     api.mount("/static/vendor/uplot", StaticFiles(directory=UPLOT, check_dir=False), name="cabinet-uplot")
