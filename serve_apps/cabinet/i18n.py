@@ -14,7 +14,7 @@ from pathlib import Path
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from babel import Locale, UnknownLocaleError
-from babel.dates import format_datetime
+from babel.dates import format_date, format_datetime
 from babel.numbers import format_decimal
 
 LANGUAGES = ("ru", "en")
@@ -50,8 +50,14 @@ class UserLocale:
             return "—"
         return str(format_datetime(dt.astimezone(self.tz), form, tzinfo=self.tz, locale=self.locale))
 
-    def day(self, dt: datetime) -> str:
-        return str(format_datetime(dt.astimezone(self.tz), "d MMM y", tzinfo=self.tz, locale=self.locale))
+    def period(self, start: datetime, interval: str) -> str:
+        """An interval's start: a day or a month as the meter's own calendar has it (the time carries the
+        meter's offset), a moment in the user's zone for half-hours and hours."""
+        if interval == "1d":
+            return str(format_date(start.date(), "short", locale=self.locale))
+        if interval == "1mo":
+            return str(format_date(start.date(), "LLLL y", locale=self.locale))
+        return self.when(start)
 
     @property
     def tag(self) -> str:  # BCP 47, for <html lang> and the browser's Intl

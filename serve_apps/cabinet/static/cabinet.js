@@ -55,7 +55,9 @@
     var opts = {
       width: Math.max(el.clientWidth, 280), height: 280,
       tzDate: function (ts) { return uPlot.tzDate(new Date(ts * 1e3), zone); },
-      scales: { x: { time: true } },
+      // Bars of energy stand on zero; a line of readings spans its own values.
+      scales: bars ? { x: { time: true }, y: { range: function (u, min, max) { return [Math.min(0, min), max > 0 ? max * 1.1 : 1]; } } }
+                   : { x: { time: true } },
       series: [
         { label: text.time, value: function (u, v) { return v == null ? "—" : fmt.format(new Date(v * 1e3)); } },
         {
@@ -66,7 +68,10 @@
         }
       ],
       axes: [
-        { space: 120, values: function (u, splits) { return splits.map(function (v) { return fmt.format(new Date(v * 1e3)); }); } },
+        { space: 120, values: function (u, splits) {
+          var last = null;  // a label like its neighbour's (two ticks in one day) is written once
+          return splits.map(function (v) { var s = fmt.format(new Date(v * 1e3)); var out = s === last ? "" : s; last = s; return out; });
+        } },
         { label: series.unit, size: 64, values: function (u, splits) { return splits.map(function (v) { return num.format(v); }); } }
       ]
     };
@@ -96,7 +101,11 @@
   function fillTable(series) {
     var table = document.getElementById("consumption-table");
     if (!table) { return; }
-    var fmt = new Intl.DateTimeFormat(locale, { timeZone: zone, dateStyle: "short", timeStyle: "short" });
+    // Days and months on the meter's own calendar (its time zone); half-hours and hours in the user's.
+    var calendar = series.interval === "1d" || series.interval === "1mo";
+    var fmt = new Intl.DateTimeFormat(locale, series.interval === "1mo"
+      ? { timeZone: series.timezone, year: "numeric", month: "long" }
+      : calendar ? { timeZone: series.timezone, dateStyle: "short" } : { timeZone: zone, dateStyle: "short", timeStyle: "short" });
     var body = document.createElement("tbody");
     series.x.forEach(function (x, i) {
       var tr = document.createElement("tr");
