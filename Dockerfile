@@ -16,6 +16,10 @@ COPY actors actors
 COPY protocols protocols
 COPY storage storage
 COPY serve_apps serve_apps
+# The web cabinet's browser library (uPlot) from npm, packaged into the wheel (pyproject's package-data).
+RUN apt-get update && apt-get install -y --no-install-recommends npm \
+    && npm ci --prefix serve_apps/cabinet --no-audit --no-fund --loglevel=error \
+    && rm -rf /var/lib/apt/lists/*
 COPY simulators simulators
 COPY bench bench
 RUN pip wheel --no-cache-dir --no-deps --no-build-isolation -w /wheels .

@@ -9,11 +9,13 @@ export RAY_USAGE_STATS_ENABLED ?= 0
 
 install: $(VENV)/.installed
 
-$(VENV)/.installed: pyproject.toml scripts/system-deps.sh
+$(VENV)/.installed: pyproject.toml scripts/system-deps.sh serve_apps/cabinet/package-lock.json
 	bash scripts/system-deps.sh
 	test -x $(PY) || python3 -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q -e '.[dev]'
+	# The web cabinet's browser libraries (uPlot), served by the cabinet from serve_apps/cabinet/node_modules
+	npm ci --prefix serve_apps/cabinet --no-audit --no-fund --loglevel=error
 	touch $@
 
 services-up: install

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # system-deps.sh — install the Debian packages meterray's local services need
-# (PostgreSQL server + client, Mosquitto + clients, JDK 17, Maven), only those
+# (PostgreSQL server + client, Mosquitto + clients, JDK 17, Maven; Node.js and npm for the web
+# cabinet's browser libraries; Chromium for the cabinet's browser tests), only those
 # missing. Idempotent: a quick no-op when everything is present. Run as root
 # (or with sudo available) on Debian 12 / Ubuntu.
 set -euo pipefail
@@ -13,6 +14,8 @@ PACKAGES=(
   "mosquitto-clients:mosquitto_pub"
   "openjdk-17-jre-headless:java"
   "maven:mvn"
+  "nodejs:node"
+  "chromium:chromium"  # headless, driven by Playwright in tests/serve_apps/test_cabinet.py (its own browser download is not used)
 )
 
 log() { printf '[system-deps] %s\n' "$*"; }
@@ -36,6 +39,8 @@ main() {
     pkg=${entry%%:*} cmd=${entry#*:}
     if is_installed "$pkg" "$cmd"; then log "ok: $pkg"; else missing+=("$pkg"); fi
   done
+  # Debian's nodejs comes without npm (its own package); NodeSource's nodejs includes it.
+  command -v npm >/dev/null 2>&1 || missing+=("npm")
   if ((${#missing[@]} == 0)); then
     log "all system packages present"
     return 0

@@ -119,7 +119,8 @@ def _print_urls(settings: Settings, api: str, logins: str = "") -> None:
     from meterray.auth_backends import auth_backends
     from meterray.notify import email_backend, email_warnings
 
-    print(f"\nmeterray is running\n  API:            {api}/api/v1/devices (every API needs an access token)\n"
+    print(f"\nmeterray is running\n  web cabinet:    {api}/ (sign up at {api}/signup; meters nobody owns are seen by"
+          f" platform staff only)\n  API:            {api}/api/v1/devices (every API needs an access token)\n"
           f"  OpenAPI docs:   {api}/docs\n"
           f"  users:          {api}/api/v1/auth/docs (register, token, refresh, logout), {api}/api/v1/me, "
           f"{api}/api/v1/users (admins)\n" + logins +

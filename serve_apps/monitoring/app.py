@@ -9,8 +9,10 @@ from meterray.auth_backends import auth_backends
 from meterray.placement import serve_request
 from meterray.settings import Settings
 from serve_apps.auth import configure_auth
+from serve_apps.cabinet.app import configure_cabinet, mount_cabinet
 from serve_apps.connections.routes import connections_router
 from serve_apps.deps import Db, configure_db, configure_settings
+from serve_apps.docs import offline_docs
 from serve_apps.monitoring.consumption import consumption_router
 from serve_apps.monitoring.routes import devices_router, health_router
 from serve_apps.monitoring.runtime import RuntimeSources
@@ -18,14 +20,16 @@ from serve_apps.monitoring.runtime_routes import configure_runtime, runtime_rout
 from serve_apps.partners.deps import configure_partners
 from serve_apps.partners.routes import partners_router
 
-api = FastAPI(title="meterray monitoring", version="0.1.0",
+api = FastAPI(title="meterray monitoring", version="0.1.0", docs_url=None, redoc_url=None,  # offline_docs below
               description="Devices, their health, their current values, the readings archive and interval consumption.")
+offline_docs(api)
 api.include_router(devices_router)
 api.include_router(health_router)
 api.include_router(runtime_router)
 api.include_router(partners_router)  # the partners seed service's routes, served by the same ingress for now
 api.include_router(consumption_router)
 api.include_router(connections_router)  # Modbus and MQTT connections, authenticated
+mount_cabinet(api)  # the web cabinet's pages at / (same origin as the API; Serve routes / to this app)
 
 
 @api.get("/healthz", tags=["health"])
@@ -44,6 +48,7 @@ class MonitoringApi:
         configure_runtime(sources)
         configure_partners(settings)
         configure_settings(settings)
+        configure_cabinet(settings)
 
     async def check_health(self) -> None:
         """Serve marks the replica unhealthy (and replaces it) while PostgreSQL does not answer."""

@@ -14,16 +14,18 @@ from meterray.placement import serve_request
 from meterray.settings import Settings
 from serve_apps.auth import configure_auth
 from serve_apps.deps import Db, configure_db
+from serve_apps.docs import offline_docs
 from serve_apps.notifications import routes, webhook
-from serve_apps.users.app import _PrefixIsRoot
+from serve_apps.prefix import PrefixIsRoot
 
 log = logging.getLogger("meterray.notifications")
 
 PREFIX = "/api/v1/notifications"
 
-api = FastAPI(title="meterray notifications", version="0.1.0",
+api = FastAPI(title="meterray notifications", version="0.1.0", docs_url=None, redoc_url=None,
               description="The caller's in-app notifications and channel preferences; Unisender Go's webhook.")
-api.add_middleware(_PrefixIsRoot)  # GET /api/v1/notifications is this application's root
+offline_docs(api)  # /docs and /redoc without a CDN
+api.add_middleware(PrefixIsRoot)  # GET /api/v1/notifications is this application's root
 api.include_router(webhook.router)
 api.include_router(routes.router)
 

@@ -14,12 +14,13 @@ from fastapi.responses import JSONResponse
 from ray import serve
 from ray.serve import Application
 from starlette.middleware.base import BaseHTTPMiddleware, RequestResponseEndpoint
-from starlette.types import ASGIApp, Receive, Scope, Send
 
 from meterray.auth_backends import AuthBackends, auth_backends
 from meterray.settings import Settings
 from serve_apps.auth import configure_auth
 from serve_apps.deps import Db, configure_db
+from serve_apps.docs import offline_docs
+from serve_apps.prefix import PrefixIsRoot
 from serve_apps.users import manage, me, register, sessions
 from serve_apps.users.state import configure_users
 
@@ -41,22 +42,9 @@ async def _limit_body(request: Request, call_next: RequestResponseEndpoint) -> R
     return await call_next(request)
 
 
-class _PrefixIsRoot:
-    """`GET /api/v1/me` is the root of the application mounted at /api/v1/me: Starlette would answer it
-    with a redirect to `/api/v1/me/`; this serves it as `/` directly."""
-
-    def __init__(self, app: ASGIApp) -> None:
-        self.app = app
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        root = scope.get("root_path", "")
-        if scope["type"] == "http" and root and scope["path"] == root:
-            scope = {**scope, "path": root + "/", "raw_path": (root + "/").encode()}
-        await self.app(scope, receive, send)
-
-
 def _api(title: str, description: str) -> FastAPI:
-    api = FastAPI(title=title, version="0.1.0", description=description)
+    api = FastAPI(title=title, version="0.1.0", description=description, docs_url=None, redoc_url=None)
+    offline_docs(api)  # /docs and /redoc without a CDN
     api.add_middleware(BaseHTTPMiddleware, dispatch=_limit_body)
 
     @api.get("/healthz", tags=["health"])
@@ -71,11 +59,11 @@ auth_api = _api("meterray users", "Registration, login (OAuth2 password flow), t
 auth_api.include_router(register.router)
 auth_api.include_router(sessions.router)
 me_api = _api("meterray users: me", "The caller's own user and organisation.")
-me_api.add_middleware(_PrefixIsRoot)
+me_api.add_middleware(PrefixIsRoot)
 me_api.include_router(me.router)
 users_api = _api("meterray users: management", "Users of the caller's organisation (all of them for platform "
                  "staff): list, create with a role, change the role, disable. Admins only.")
-users_api.add_middleware(_PrefixIsRoot)
+users_api.add_middleware(PrefixIsRoot)
 users_api.include_router(manage.router)
 
 

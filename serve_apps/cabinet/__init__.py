@@ -1,0 +1,1 @@
+"""The web cabinet: server-rendered pages at / beside the API (see app.py)."""
