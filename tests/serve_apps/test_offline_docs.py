@@ -9,7 +9,7 @@ from urllib.parse import urljoin, urlsplit
 
 import pytest
 
-PREFIXES = ["", "/api/v1/auth", "/api/v1/me"]  # monitoring (and the cabinet) at /, the users service's two apps
+PREFIXES = ["", "/api/v1/auth", "/api/v1/me", "/api/v1/users", "/api/v1/notifications"]  # every Serve app
 # Every URL a page can make the browser load: attributes, and the quoted URLs of its inline script.
 _URL = re.compile(r"""(?:src|href|spec-url)\s*=\s*["']([^"']+)["']|\burl\s*:\s*["']([^"']+)["']"""
                   r"""|oauth2RedirectUrl\s*:\s*window\.location\.origin\s*\+\s*["']([^"']+)["']""")
