@@ -11,6 +11,7 @@ from ray import serve
 
 from meterray.placement import local_node_resources
 from meterray.settings import Settings
+from serve_apps.capacity import SERVE_THROUGHPUT_ENV
 from serve_apps.monitoring.runtime import ConsumerGroup, RuntimeSources
 
 log = logging.getLogger(__name__)
@@ -23,6 +24,8 @@ def init_ray(settings: Settings, *, dashboard: bool = True) -> None:
     # Local runs bind every port to 127.0.0.1; Ray's token auth would only lock the dashboard.
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+    for name, value in SERVE_THROUGHPUT_ENV.items():  # Serve's proxy and replicas inherit them (serve_apps.capacity)
+        os.environ.setdefault(name, value)
     if ray.is_initialized():
         return
     if settings.ray_address:
@@ -94,9 +97,10 @@ def runtime_sources(settings: Settings) -> RuntimeSources:
 
 
 def start_api(settings: Settings) -> str:
+    from serve_apps.capacity import http_options
     from serve_apps.monitoring.app import build_app
 
-    serve.start(http_options={"host": settings.api_host, "port": settings.api_port})
+    serve.start(http_options=http_options(settings))
     serve.run(build_app(settings, runtime_sources(settings)), name="monitoring", route_prefix="/", blocking=False)
     start_users_api(settings)
     return f"http://{settings.api_host}:{settings.api_port}"
@@ -105,9 +109,10 @@ def start_api(settings: Settings) -> str:
 def start_users_api(settings: Settings) -> str:
     """The users service: /api/v1/auth/* and /api/v1/me (two Serve applications: one route prefix each).
     Reports every development fallback; refuses them with METERRAY_ENV=production."""
+    from serve_apps.capacity import http_options
     from serve_apps.users.app import AUTH_PREFIX, ME_PREFIX, build_me_app, build_users_app
 
-    serve.start(http_options={"host": settings.api_host, "port": settings.api_port})
+    serve.start(http_options=http_options(settings))
     serve.run(build_users_app(settings), name="users", route_prefix=AUTH_PREFIX, blocking=False)
     serve.run(build_me_app(settings), name="users-me", route_prefix=ME_PREFIX, blocking=False)
     return f"http://{settings.api_host}:{settings.api_port}"

@@ -7,6 +7,7 @@ from ray.serve import Application
 
 from meterray.placement import serve_request
 from meterray.settings import Settings
+from serve_apps.capacity import db_pool_size, ingress_options
 from serve_apps.deps import Db, configure_db, configure_settings
 from serve_apps.monitoring.consumption import consumption_router
 from serve_apps.monitoring.routes import devices_router, health_router
@@ -34,7 +35,7 @@ async def healthz(db: Db) -> dict[str, str]:
 @serve.ingress(api)
 class MonitoringApi:
     def __init__(self, settings: Settings, sources: RuntimeSources | None = None) -> None:
-        self._db = configure_db(settings.pg_dsn)
+        self._db = configure_db(settings.pg_dsn, db_pool_size(settings))
         configure_runtime(sources)
         configure_partners(settings)
         configure_settings(settings)
@@ -49,4 +50,5 @@ def build_app(settings: Settings, sources: RuntimeSources | None = None) -> Appl
     """`sources` (where the supervisor and the consumer groups are) enables GET /api/v1/runtime."""
     # On the serve nodes (meterray.placement): Serve's proxies serve HTTP where the replicas are.
     options = {"num_cpus": 0, "resources": serve_request(settings)}
-    return MonitoringApi.options(ray_actor_options=options).bind(settings, sources)  # type: ignore[attr-defined]
+    return MonitoringApi.options(ray_actor_options=options, **ingress_options(settings)).bind(  # type: ignore[attr-defined]
+        settings, sources)
