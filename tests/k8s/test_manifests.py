@@ -158,3 +158,19 @@ def test_the_migrations_job_migrates_postgresql_with_the_dsn_of_the_cnpg_secret(
     (dsn,) = [e for e in c["env"] if e["name"] == "METERRAY_PG_DSN"]
     assert dsn["valueFrom"]["secretKeyRef"] == {"name": f"{cluster['metadata']['name']}-app", "key": "uri"}
     assert cluster["spec"]["bootstrap"]["initdb"] == {"database": "meterray", "owner": "meterray"}
+
+
+@pytest.mark.parametrize("target", TARGETS)
+def test_every_ray_container_runs_serve_as_meterray_sizes_it(target: str) -> None:
+    """Serve's proxy and replicas read these when they start (serve_apps.capacity): every Ray pod has them,
+    as a local Ray does (meterray.app.runtime.init_ray), and the proxy times requests out as locally."""
+    from serve_apps.capacity import SERVE_THROUGHPUT_ENV
+
+    objects = render(target)
+    ray_containers = containers(one(objects, "RayService"))
+    assert ray_containers
+    for c in ray_containers:
+        env = {e["name"]: e.get("value") for e in c.get("env", [])}
+        assert {k: env.get(k) for k in SERVE_THROUGHPUT_ENV} == SERVE_THROUGHPUT_ENV, c["name"]
+    config = yaml.safe_load(one(objects, "RayService")["spec"]["serveConfigV2"])
+    assert config["http_options"]["request_timeout_s"] == Settings().api_request_timeout_s
