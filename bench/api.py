@@ -141,6 +141,10 @@ class Rig:
             by_name[name] = by_name.get(name, 0.0) + cpu - before.get(pid, (name, cpu, 0.0))[1]
         result["cpu_s_by_process"] = {k: round(v, 2) for k, v in sorted(by_name.items(), key=lambda kv: -kv[1])
                                       if v >= 0.05}
+        # Serve's two hops, per request sent: the figure that holds on a busy machine, where latency does not.
+        result["cpu_ms_per_request"] = {
+            "proxy": round(by_name.get("ProxyActor", 0.0) * 1000 / result["sent"], 2),
+            "replica": round(by_name.get("ServeReplica:monitoring:monitoring", 0.0) * 1000 / result["sent"], 2)}
         return result
 
     def settle(self) -> None:
@@ -229,7 +233,7 @@ def _commit() -> str:
 
 
 def run_benchmark(settings: Settings, meters: int, interval_s: float, rate: float, seconds: float, label: str,
-                  api_port: int, search: bool, step: float, top: float, probe_seconds: float,
+                  api_port: int, search: bool, start: float, step: float, top: float, probe_seconds: float,
                   overload_rate: float) -> dict[str, Any]:
     rig = Rig(settings, meters, interval_s, api_port)
     try:
@@ -244,7 +248,7 @@ def run_benchmark(settings: Settings, meters: int, interval_s: float, rate: floa
             b = rig.pg(rate, seconds, path)
             _say(f"{path}: baseline p50 {b['p50_ms']} p99 {b['p99_ms']} ms, {b['ok']}/{b['sent']} ok")
             paths[path] = {"meterray": m, "baseline": b}
-        found = {p: capacity(rig, p, step, step, top, probe_seconds) for p in PATHS} if search else {}
+        found = {p: capacity(rig, p, start, step, top, probe_seconds) for p in PATHS} if search else {}
         shed = overload(rig, "current", overload_rate, probe_seconds) if overload_rate > 0 else None
     finally:
         rig.stop()

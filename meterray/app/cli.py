@@ -97,7 +97,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     b.add_argument("--label", default="after", help="the run's name in api.json (default after; before: old code)")
     b.add_argument("--api-port", type=int, default=18400, help="the bench's own API port (default 18400)")
     b.add_argument("--no-search", action="store_true", help="skip the capacity search and the overload probe")
-    b.add_argument("--step", type=float, default=50.0, help="capacity search: requests/s per step (default 50)")
+    b.add_argument("--start", type=float, default=25.0, help="capacity search: first rate, requests/s (default 25)")
+    b.add_argument("--step", type=float, default=25.0, help="capacity search: requests/s per step (default 25)")
     b.add_argument("--top", type=float, default=1000.0, help="capacity search: highest rate tried (default 1000)")
     b.add_argument("--probe-seconds", type=float, default=10.0, help="capacity search: seconds a probe (default 10)")
     b.add_argument("--overload-rate", type=float, default=1000.0,
@@ -279,12 +280,12 @@ def _bench_mqtt(settings: Settings, args: argparse.Namespace) -> int:
 def _bench_api(settings: Settings, args: argparse.Namespace) -> int:
     from bench.api import run_benchmark
 
-    if args.meters < 1 or args.rate <= 0 or args.seconds <= 0 or args.step <= 0 or args.probe_seconds <= 0:
-        print("meterray bench api: --meters, --rate, --seconds, --step and --probe-seconds must be positive",
+    if min(args.meters, args.rate, args.seconds, args.start, args.step, args.probe_seconds) <= 0:
+        print("meterray bench api: --meters, --rate, --seconds, --start, --step and --probe-seconds must be positive",
               file=sys.stderr)
         return 2
     result = run_benchmark(settings, args.meters, args.interval, args.rate, args.seconds, args.label, args.api_port,
-                           not args.no_search, args.step, args.top, args.probe_seconds,
+                           not args.no_search, args.start, args.step, args.top, args.probe_seconds,
                            0.0 if args.no_search else args.overload_rate)
     print(json.dumps(result, indent=2))
     return 0
