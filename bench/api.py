@@ -43,6 +43,7 @@ P99_TARGET_MS = 50.0
 LOAD_TIMEOUT_S = 10.0  # a request unanswered this long is an error (the "hangs for minutes" of issue 8)
 PATHS = {"current": "/api/v1/devices/{device}/readings/current", "list": "/api/v1/devices"}
 READY_TIMEOUT_S = 180.0
+CPU_PROBE_RPS = 25.0
 
 
 def _load(args: list[str]) -> dict[str, Any]:
@@ -247,7 +248,13 @@ def run_benchmark(settings: Settings, meters: int, interval_s: float, rate: floa
             _say(f"{path}: meterray p50 {m['p50_ms']} p99 {m['p99_ms']} ms, {m['ok']}/{m['sent']} ok; baseline …")
             b = rig.pg(rate, seconds, path)
             _say(f"{path}: baseline p50 {b['p50_ms']} p99 {b['p99_ms']} ms, {b['ok']}/{b['sent']} ok")
-            paths[path] = {"meterray": m, "baseline": b}
+            # CPU per request below saturation (at the offered rate a saturated side leaves work unfinished).
+            rig.settle()
+            light = rig.measured_http(CPU_PROBE_RPS, probe_seconds, path)
+            paths[path] = {"meterray": m, "baseline": b,
+                           "cpu_ms_per_request_at_25_rps": {**light["cpu_ms_per_request"], "p50_ms": light["p50_ms"],
+                                                             "p99_ms": light["p99_ms"], "ok": light["ok"],
+                                                             "sent": light["sent"]}}
         found = {p: capacity(rig, p, start, step, top, probe_seconds) for p in PATHS} if search else {}
         shed = overload(rig, "current", overload_rate, probe_seconds) if overload_rate > 0 else None
     finally:
