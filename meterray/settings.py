@@ -75,6 +75,12 @@ class Settings(BaseModel):
     ingestion_resource_per_actor: float = Field(1.0, gt=0)
     serve_resource: str = "serve"
     serve_resource_per_replica: float = Field(1.0, gt=0)
+    # HTTP capacity of the monitoring API (serve_apps/capacity.py; measured by `meterray bench api`).
+    api_replicas: int = Field(1, ge=1, le=64)
+    api_max_ongoing_requests: int = Field(8, ge=1, le=1000)  # per replica; also its PostgreSQL pool size
+    api_max_queued_requests: int = Field(16, ge=1, le=100_000)  # per proxy; past it: 503 with Retry-After
+    api_retry_after_s: int = Field(1, ge=0, le=3600)
+    api_request_timeout_s: float = Field(15.0, gt=0, le=3600)  # end to end at the proxy: 408 past it
     device_processors: int = Field(1, ge=1)
     pg_writers: int = Field(1, ge=1)
     log_level: str = "INFO"

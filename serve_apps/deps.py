@@ -10,6 +10,15 @@ from fastapi import Depends
 from meterray.settings import Settings
 
 
+class _NoResetConnection(asyncpg.Connection):
+    """The API's connections keep no session state (no LISTEN, SET, advisory locks or open cursors), so
+    a connection going back to the pool needs no reset query: one PostgreSQL round trip less per query.
+    asyncpg still ends any open transaction (Connection.reset: an overridden get_reset_query does the rest)."""
+
+    def get_reset_query(self) -> str:
+        return ""
+
+
 class PoolHolder:
     def __init__(self, dsn: str, max_size: int = 5) -> None:
         self._dsn, self._max_size = dsn, max_size
@@ -21,7 +30,7 @@ class PoolHolder:
             async with self._lock:
                 if self._pool is None:
                     self._pool = await asyncpg.create_pool(self._dsn, min_size=1, max_size=self._max_size,
-                                                           command_timeout=30)
+                                                           command_timeout=30, connection_class=_NoResetConnection)
         return self._pool
 
     async def close(self) -> None:
@@ -35,9 +44,9 @@ class PoolHolder:
 _db: PoolHolder | None = None
 
 
-def configure_db(dsn: str) -> PoolHolder:
+def configure_db(dsn: str, max_size: int = 5) -> PoolHolder:
     global _db
-    _db = PoolHolder(dsn)
+    _db = PoolHolder(dsn, max_size)
     return _db
 
 

@@ -92,6 +92,21 @@ def main(argv: Sequence[str] | None = None) -> int:
     b.add_argument("--rate", type=float, default=2000.0, help="messages per second in total (default 2000)")
     b.add_argument("--seconds", type=float, default=30.0, help="publishing time per side (default 30)")
     b.add_argument("--subscribers", type=int, default=2, help="MQTT shards sharing the subscription (default 2)")
+    b = bench_sub.add_parser("api", help="the monitoring API at a fixed offered rate (open loop) while meters stream, "
+                                         "beside the same queries through asyncpg; writes bench/results/api.json")
+    b.add_argument("--meters", type=int, default=50, help="simulated meters streaming meanwhile (default 50)")
+    b.add_argument("--interval", type=float, default=1.0, help="their poll interval, seconds (default 1)")
+    b.add_argument("--rate", type=float, default=200.0, help="offered requests/s per path (default 200)")
+    b.add_argument("--seconds", type=float, default=60.0, help="measured window per path and side (default 60)")
+    b.add_argument("--label", default="after", help="the run's name in api.json (default after; before: old code)")
+    b.add_argument("--api-port", type=int, default=18400, help="the bench's own API port (default 18400)")
+    b.add_argument("--no-search", action="store_true", help="skip the capacity search and the overload probe")
+    b.add_argument("--start", type=float, default=25.0, help="capacity search: first rate, requests/s (default 25)")
+    b.add_argument("--step", type=float, default=25.0, help="capacity search: requests/s per step (default 25)")
+    b.add_argument("--top", type=float, default=1000.0, help="capacity search: highest rate tried (default 1000)")
+    b.add_argument("--probe-seconds", type=float, default=10.0, help="capacity search: seconds a probe (default 10)")
+    b.add_argument("--overload-rate", type=float, default=1000.0,
+                   help="requests/s far past capacity: answered at once (200 or 503), then recovery (0: skip)")
 
     args = parser.parse_args(args_list)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
@@ -246,6 +261,8 @@ def _bench(settings: Settings, args: argparse.Namespace) -> int:
         return 0
     if args.scenario == "mqtt":
         return _bench_mqtt(settings, args)
+    if args.scenario == "api":
+        return _bench_api(settings, args)
     from bench.modbus import KneePlan, find_knee, run_benchmark
 
     if args.find_knee:
@@ -271,6 +288,20 @@ def _bench_mqtt(settings: Settings, args: argparse.Namespace) -> int:
               file=sys.stderr)
         return 2
     print(json.dumps(run_benchmark(settings, args.devices, args.rate, args.seconds, args.subscribers), indent=2))
+    return 0
+
+
+def _bench_api(settings: Settings, args: argparse.Namespace) -> int:
+    from bench.api import run_benchmark
+
+    if min(args.meters, args.rate, args.seconds, args.start, args.step, args.probe_seconds) <= 0:
+        print("meterray bench api: --meters, --rate, --seconds, --start, --step and --probe-seconds must be positive",
+              file=sys.stderr)
+        return 2
+    result = run_benchmark(settings, args.meters, args.interval, args.rate, args.seconds, args.label, args.api_port,
+                           not args.no_search, args.start, args.step, args.top, args.probe_seconds,
+                           0.0 if args.no_search else args.overload_rate)
+    print(json.dumps(result, indent=2))
     return 0
 
 

@@ -11,6 +11,7 @@ from ray import serve
 
 from meterray.placement import local_node_resources
 from meterray.settings import Settings
+from serve_apps.capacity import SERVE_THROUGHPUT_ENV
 from serve_apps.monitoring.runtime import ConsumerGroup, RuntimeSources
 
 log = logging.getLogger(__name__)
@@ -23,6 +24,8 @@ def init_ray(settings: Settings, *, dashboard: bool = True) -> None:
     # Local runs bind every port to 127.0.0.1; Ray's token auth would only lock the dashboard.
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+    for name, value in SERVE_THROUGHPUT_ENV.items():  # Serve's proxy and replicas inherit them (serve_apps.capacity)
+        os.environ.setdefault(name, value)
     if ray.is_initialized():
         return
     if settings.ray_address:
@@ -96,9 +99,10 @@ def runtime_sources(settings: Settings) -> RuntimeSources:
 
 
 def start_api(settings: Settings) -> str:
+    from serve_apps.capacity import http_options
     from serve_apps.monitoring.app import build_app
 
-    serve.start(http_options={"host": settings.api_host, "port": settings.api_port})
+    serve.start(http_options=http_options(settings))
     serve.run(build_app(settings, runtime_sources(settings)), name="monitoring", route_prefix="/", blocking=False)
     start_users_api(settings)
     start_notifications_api(settings)
@@ -108,9 +112,10 @@ def start_api(settings: Settings) -> str:
 def start_notifications_api(settings: Settings) -> str:
     """/api/v1/notifications (serve_apps.notifications). Reports the log-only e-mail fallback; refuses it
     with METERRAY_ENV=production."""
+    from serve_apps.capacity import http_options
     from serve_apps.notifications.app import PREFIX, build_notifications_app
 
-    serve.start(http_options={"host": settings.api_host, "port": settings.api_port})
+    serve.start(http_options=http_options(settings))
     serve.run(build_notifications_app(settings), name="notifications", route_prefix=PREFIX, blocking=False)
     return f"http://{settings.api_host}:{settings.api_port}"
 
@@ -118,6 +123,7 @@ def start_notifications_api(settings: Settings) -> str:
 def start_users_api(settings: Settings) -> str:
     """The users service: /api/v1/auth/*, /api/v1/me and /api/v1/users (three Serve applications: one route
     prefix each). Reports every development fallback; refuses them with METERRAY_ENV=production."""
+    from serve_apps.capacity import http_options
     from serve_apps.users.app import (
         AUTH_PREFIX,
         ME_PREFIX,
@@ -127,7 +133,7 @@ def start_users_api(settings: Settings) -> str:
         build_users_app,
     )
 
-    serve.start(http_options={"host": settings.api_host, "port": settings.api_port})
+    serve.start(http_options=http_options(settings))
     serve.run(build_users_app(settings), name="users", route_prefix=AUTH_PREFIX, blocking=False)
     serve.run(build_me_app(settings), name="users-me", route_prefix=ME_PREFIX, blocking=False)
     serve.run(build_users_admin_app(settings), name="users-admin", route_prefix=USERS_PREFIX, blocking=False)

@@ -11,6 +11,7 @@ from meterray.settings import Settings
 from serve_apps.auth import configure_auth
 from serve_apps.cabinet.app import configure_cabinet, mount_cabinet
 from serve_apps.connections.routes import connections_router
+from serve_apps.capacity import db_pool_size, ingress_options
 from serve_apps.deps import Db, configure_db, configure_settings
 from serve_apps.docs import offline_docs
 from serve_apps.monitoring.consumption import consumption_router
@@ -43,7 +44,7 @@ async def healthz(db: Db) -> dict[str, str]:
 class MonitoringApi:
     def __init__(self, settings: Settings, sources: RuntimeSources | None = None) -> None:
         auth_backends(settings)  # production refuses to serve with a fallback (the public signing key above all)
-        self._db = configure_db(settings.pg_dsn)
+        self._db = configure_db(settings.pg_dsn, db_pool_size(settings))
         configure_auth(settings)  # every route but /healthz and partner webhooks needs an access token
         configure_runtime(sources)
         configure_partners(settings)
@@ -62,4 +63,5 @@ def build_app(settings: Settings, sources: RuntimeSources | None = None) -> Appl
     auth_backends(settings)
     # On the serve nodes (meterray.placement): Serve's proxies serve HTTP where the replicas are.
     options = {"num_cpus": 0, "resources": serve_request(settings)}
-    return MonitoringApi.options(ray_actor_options=options).bind(settings, sources)  # type: ignore[attr-defined]
+    return MonitoringApi.options(ray_actor_options=options, **ingress_options(settings)).bind(  # type: ignore[attr-defined]
+        settings, sources)

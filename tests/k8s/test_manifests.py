@@ -201,3 +201,19 @@ def test_every_ray_container_has_what_its_environment_demands(overlay: str) -> N
             refs = {e["name"] for e in c["env"] if "secretKeyRef" in e.get("valueFrom", {})}
             assert {"METERRAY_TOKEN_SIGNING_KEY", "METERRAY_SECRET_KEY", "METERRAY_FNS_API_KEY",
                     "METERRAY_GKH_API_KEY"} <= refs, c["name"]
+
+
+@pytest.mark.parametrize("target", TARGETS)
+def test_every_ray_container_runs_serve_as_meterray_sizes_it(target: str) -> None:
+    """Serve's proxy and replicas read these when they start (serve_apps.capacity): every Ray pod has them,
+    as a local Ray does (meterray.app.runtime.init_ray), and the proxy times requests out as locally."""
+    from serve_apps.capacity import SERVE_THROUGHPUT_ENV
+
+    objects = render(target)
+    ray_containers = containers(one(objects, "RayService"))
+    assert ray_containers
+    for c in ray_containers:
+        env = {e["name"]: e.get("value") for e in c.get("env", [])}
+        assert {k: env.get(k) for k in SERVE_THROUGHPUT_ENV} == SERVE_THROUGHPUT_ENV, c["name"]
+    config = yaml.safe_load(one(objects, "RayService")["spec"]["serveConfigV2"])
+    assert config["http_options"]["request_timeout_s"] == Settings().api_request_timeout_s
