@@ -97,6 +97,7 @@ async def http_target(args: argparse.Namespace) -> dict[str, Any]:
     import aiohttp
 
     devices = args.devices.split(",")
+    # The API's bench token is a platform admin's (organisation None): the same scope in the same queries.
     headers = {"Authorization": f"Bearer {args.token}"}
     retry_after: Counter[str] = Counter()
     # Connections as needed (open loop); the cap only guards the machine's file descriptors.
@@ -127,11 +128,11 @@ async def pg_target(args: argparse.Namespace) -> dict[str, Any]:
         async def send(i: int) -> int:
             if args.query == "current":
                 device = devices[i % len(devices)]
-                if await device_repo.get_device(pool, device) is None:
+                if await device_repo.get_device(pool, device, organisation_id=None) is None:
                     return 404
-                await readings_repo.current_readings(pool, device)
+                await readings_repo.current_readings(pool, device, organisation_id=None)
             else:
-                await device_repo.list_devices(pool, None, LIST_PAGE + 1, None)
+                await device_repo.list_devices(pool, None, LIST_PAGE + 1, None, organisation_id=None)
             return 200
 
         return await run_open_loop(send, args.rate, args.seconds, args.timeout)

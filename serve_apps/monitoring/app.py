@@ -10,8 +10,8 @@ from meterray.placement import serve_request
 from meterray.settings import Settings
 from serve_apps.auth import configure_auth
 from serve_apps.cabinet.app import configure_cabinet, mount_cabinet
-from serve_apps.connections.routes import connections_router
 from serve_apps.capacity import db_pool_size, ingress_options
+from serve_apps.connections.routes import connections_router
 from serve_apps.deps import Db, configure_db, configure_settings
 from serve_apps.docs import offline_docs
 from serve_apps.monitoring.consumption import consumption_router
