@@ -89,7 +89,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     b.add_argument("--seconds", type=float, default=30.0, help="publishing time per side (default 30)")
     b.add_argument("--subscribers", type=int, default=2, help="MQTT shards sharing the subscription (default 2)")
 
+    from meterray.app import forecast_cli
+
+    forecast_cli.add_parser(sub)
+
     args = parser.parse_args(args_list)
+    if args.command == "forecast":  # needs no settings: a CSV in, scores out
+        return forecast_cli.run(args)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
         settings = Settings.from_env()
