@@ -30,6 +30,10 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                    help="day kinds from the Russian production calendar (default) or Saturday/Sunday only "
                         "(for series from elsewhere)")
     b.add_argument("--out", help="write the scores as JSON here")
+    t = fsub.add_parser("train", help="train the global model on every device (a Ray task) and register it")
+    t.add_argument("--days", type=int, default=365, help="history read per device, local days (default 365)")
+    t.add_argument("--device", action="append", dest="devices", help="only these devices (repeatable)")
+    t.add_argument("--every", type=float, help="keep training every N seconds (a detached scheduler actor)")
     s = fsub.add_parser("simulate-csv", help="a simulated meter's half-hourly kWh as a backtest CSV")
     s.add_argument("--device", default="sim-0001")
     s.add_argument("--start", type=date.fromisoformat, default=date(2025, 1, 1), help="first local day (Moscow)")
@@ -40,6 +44,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     if args.forecast_command == "simulate-csv":
         return _simulate_csv(args)
+    if args.forecast_command == "train":
+        return _train(args)
     try:
         series = read_csv(Path(args.csv), args.temperature_column, args.feature_column)
         result = backtest.run(series, args.test_days, args.horizon,
@@ -107,4 +113,29 @@ def _simulate_csv(args: argparse.Namespace) -> int:
         for t, v in zip(timestamps(args.start, args.days), values, strict=True):
             w.writerow([t.isoformat(), f"{v:.6f}"])
     print(f"written: {args.out} ({len(values)} half-hours of {args.device})")
+    return 0
+
+
+def _train(args: argparse.Namespace) -> int:
+    import ray
+
+    from actors.forecast_training import ForecastScheduler, train_model
+    from meterray.app.runtime import init_ray
+    from meterray.settings import Settings, SettingsError
+
+    try:
+        settings = Settings.from_env()
+    except SettingsError as err:
+        print(err, file=sys.stderr)
+        return 2
+    init_ray(settings, dashboard=False)
+    if args.every:
+        scheduler = ForecastScheduler.options(  # type: ignore[attr-defined]
+            name="forecast-scheduler", namespace=settings.ray_namespace, lifetime="detached",
+            get_if_exists=True).remote(settings, args.every, args.days)
+        ray.get(scheduler.start.remote())
+        print(f"forecast-scheduler: training every {args.every:g} s (detached actor in {settings.ray_namespace!r})")
+        return 0
+    summary = ray.get(train_model.remote(settings, args.days, args.devices))
+    print(json.dumps(summary, indent=2, default=str))
     return 0

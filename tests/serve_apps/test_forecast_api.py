@@ -1,0 +1,137 @@
+"""Forecasts over the real Serve app and PostgreSQL: simulated meters' counter readings written to the
+archive, the global model trained as a Ray task and registered, then asked for by customers of two
+organisations and by platform staff."""
+from __future__ import annotations
+
+import asyncio
+import json
+import urllib.error
+import urllib.request
+from datetime import datetime, timedelta, timezone
+from typing import Any
+from uuid import uuid4
+
+import asyncpg
+import pytest
+import ray
+
+from actors.forecast_training import train_model
+from meterray.identity import Role
+from protocols.modbus.profiles import PROFILES
+from simulators.meter_model import UTC_OFFSET_S, SimulatedMeter
+from storage.postgres.readings import ReadingsWriter
+from tests.auth_headers import bearer
+from tests.pipeline.helpers import sql
+from tests.storage.archive_rows import row
+
+ENERGY = "1-0:1.8.0"
+HALF_HOUR = timedelta(minutes=30)
+DAYS = 36
+
+
+def get(url: str, headers: dict[str, str] | None = None) -> tuple[int, Any]:
+    req = urllib.request.Request(url, headers=headers or {})
+    try:
+        with urllib.request.urlopen(req, timeout=60) as resp:
+            return resp.status, json.loads(resp.read())
+    except urllib.error.HTTPError as err:
+        return err.code, json.loads(err.read() or b"null")
+
+
+def add_meter(dsn: str, device_id: str, organisation_id: Any, now: datetime) -> SimulatedMeter:
+    """A meter read every half-hour (a disabled connection: nobody polls it), its counter readings
+    written for DAYS days up to now: the simulator's exact A+ register at each half-hour."""
+    sql(dsn, "INSERT INTO devices.connections (id, protocol, host, port, poll_interval_s, timeout_s, enabled)"
+             " VALUES ($1, 'modbus_tcp', '192.0.2.1', 502, 1800, 1, false) ON CONFLICT DO NOTHING", f"c-{device_id}")
+    sql(dsn, "INSERT INTO devices.devices (id, name, protocol, profile, connection_id, unit_id, timezone,"
+             " organisation_id) VALUES ($1, $1, 'modbus_tcp', 'sdm630', $2, 1, 'Europe/Moscow', $3)"
+             " ON CONFLICT (id) DO NOTHING", device_id, f"c-{device_id}", organisation_id)
+    meter = SimulatedMeter(device_id, PROFILES["sdm630"])
+    local_midnight = (now + timedelta(seconds=UTC_OFFSET_S)).replace(hour=0, minute=0, second=0, microsecond=0)
+    t = local_midnight - timedelta(days=DAYS, seconds=UTC_OFFSET_S)
+    rows = []
+    while t <= now:
+        rows.append(row(device_id, ENERGY, t, 1000.0 + meter.energy_since_install_kwh(t.timestamp())))
+        t += HALF_HOUR
+
+    async def write() -> None:
+        conn = await asyncpg.connect(dsn)
+        try:
+            await ReadingsWriter().write(conn, rows)
+        finally:
+            await conn.close()
+
+    asyncio.run(write())
+    return meter
+
+
+@pytest.fixture(scope="module")
+def trained(runtime: dict) -> dict:
+    settings = runtime["settings"]
+    now = datetime.now(timezone.utc)
+    org_a, org_b = uuid4(), uuid4()
+    devices = {"fc-a1": org_a, "fc-a2": org_a, "fc-b1": org_b}
+    meters = {d: add_meter(settings.pg_dsn, d, org, now) for d, org in devices.items()}
+    summary = ray.get(train_model.remote(settings, DAYS, list(devices)), timeout=600)
+    return {"settings": settings, "api": runtime["api"], "org_a": org_a, "org_b": org_b, "meters": meters,
+            "summary": summary}
+
+
+def test_training_registers_a_version_with_its_backtest(trained: dict) -> None:
+    s = trained["summary"]
+    assert s["devices"] == 3 and s["rows"] > 3 * 20 * 48
+    m = s["metrics"]
+    assert set(m) == {"model", "seasonal_naive_daily", "seasonal_naive_weekly"}
+    # The choice follows the backtest: LightGBM only when it beats the weekly seasonal naive forecast.
+    assert s["chosen"] == ("lightgbm" if m["model"]["mase"] < m["seasonal_naive_weekly"]["mase"]
+                           else "seasonal_naive_weekly")
+    reg = sql(trained["settings"].pg_dsn, "SELECT chosen, devices, train_end - train_start AS days, model IS NOT NULL"
+                                          " AS has_model FROM forecasting.models WHERE version = $1", s["version"])
+    assert reg[0]["chosen"] == s["chosen"] and reg[0]["devices"] == 3 and reg[0]["days"] == DAYS
+    assert reg[0]["has_model"] == (s["chosen"] == "lightgbm")
+
+
+def test_device_forecast_has_points_and_intervals_close_to_the_meter(trained: dict) -> None:
+    settings, api = trained["settings"], trained["api"]
+    status, body = get(f"{api}/api/v1/devices/fc-a1/forecast?horizon=48",
+                       bearer(settings, Role.CUSTOMER,
+                              organisation_id=trained["org_a"]))
+    assert status == 200, body
+    assert body["device_id"] == "fc-a1" and body["horizon"] == 48 and len(body["points"]) == 48
+    assert body["model_version"] == trained["summary"]["version"] and body["method"] == trained["summary"]["chosen"]
+    meter = trained["meters"]["fc-a1"]
+    errors = []
+    for p in body["points"]:
+        assert p["lower"] <= p["energy"] <= p["upper"], p
+        start = datetime.fromisoformat(p["start"]).timestamp()
+        true = meter.energy_since_install_kwh(start + 1800) - meter.energy_since_install_kwh(start)
+        errors.append(abs(p["energy"] - true) / true)
+    # The simulated load varies ±8 % from day to day around its curve: a day-ahead forecast is within that.
+    assert sum(errors) / len(errors) < 0.15, errors
+    first = datetime.fromisoformat(body["points"][0]["start"])
+    assert first <= datetime.now(timezone.utc) < first + HALF_HOUR
+
+
+def test_scoping_and_authentication(trained: dict) -> None:
+    settings, api = trained["settings"], trained["api"]
+    assert get(f"{api}/api/v1/devices/fc-a1/forecast")[0] == 401
+    other = bearer(settings, Role.CUSTOMER, organisation_id=trained["org_b"])
+    assert get(f"{api}/api/v1/devices/fc-a1/forecast", other)[0] == 404
+    assert get(f"{api}/api/v1/devices/no-such/forecast", other)[0] == 404
+    assert get(f"{api}/api/v1/organisations/{trained['org_a']}/forecast", other)[0] == 404
+    assert get(f"{api}/api/v1/devices/fc-b1/forecast", other)[0] == 200
+    staff = bearer(settings, Role.ADMIN, organisation_id=None)
+    assert get(f"{api}/api/v1/devices/fc-a1/forecast?horizon=4", staff)[0] == 200
+    assert get(f"{api}/api/v1/devices/fc-a1/forecast?horizon=49", staff)[0] == 422
+
+
+def test_organisation_total_is_the_sum_of_its_devices(trained: dict) -> None:
+    settings, api = trained["settings"], trained["api"]
+    headers = bearer(settings, Role.CUSTOMER, organisation_id=trained["org_a"])
+    status, total = get(f"{api}/api/v1/organisations/{trained['org_a']}/forecast?horizon=6", headers)
+    assert status == 200, total
+    assert total["devices"] == 2 and total["devices_without_forecast"] == 0 and len(total["points"]) == 6
+    parts = [get(f"{api}/api/v1/devices/{d}/forecast?horizon=6", headers)[1] for d in ("fc-a1", "fc-a2")]
+    for i, p in enumerate(total["points"]):
+        assert p["energy"] == pytest.approx(sum(x["points"][i]["energy"] for x in parts), rel=1e-6)
+        assert p["upper"] == pytest.approx(sum(x["points"][i]["upper"] for x in parts), rel=1e-6)
