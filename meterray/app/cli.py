@@ -93,6 +93,14 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     forecast_cli.add_parser(sub)
 
+    b = bench_sub.add_parser("forecast", help="train the global forecast model on N simulated meters x D days "
+                                              "(a Ray task), then forecast API latency; bench/results/forecast.json")
+    b.add_argument("--meters", type=int, default=1000)
+    b.add_argument("--days", type=int, default=365)
+    b.add_argument("--rounds", type=int, default=400, help="boosting rounds of the point model (quantiles: half)")
+    b.add_argument("--api-devices", type=int, default=10, help="meters in the API latency database (0: skip)")
+    b.add_argument("--requests", type=int, default=30, help="forecast requests timed")
+
     args = parser.parse_args(args_list)
     if args.command == "forecast":  # needs no settings: a CSV in, scores out
         return forecast_cli.run(args)
@@ -231,6 +239,11 @@ def _backfill(settings: Settings, args: argparse.Namespace) -> int:
 
 
 def _bench(settings: Settings, args: argparse.Namespace) -> int:
+    if args.scenario == "forecast":
+        from bench.forecast_training import run_benchmark as run_forecast
+
+        run_forecast(settings, args.meters, args.days, args.rounds, args.api_devices, args.requests)
+        return 0
     if args.scenario == "partners":
         from bench.partners import run_benchmark as run_partners
 

@@ -9,6 +9,7 @@ from meterray.placement import serve_request
 from meterray.settings import Settings
 from serve_apps.auth import configure_auth
 from serve_apps.deps import Db, configure_db, configure_settings
+from serve_apps.forecasting.recommend_routes import recommend_router
 from serve_apps.forecasting.routes import forecast_router
 from serve_apps.monitoring.consumption import consumption_router
 from serve_apps.monitoring.routes import devices_router, health_router
@@ -25,6 +26,7 @@ api.include_router(runtime_router)
 api.include_router(partners_router)  # the partners seed service's routes, served by the same ingress for now
 api.include_router(consumption_router)
 api.include_router(forecast_router)  # forecasts and recommendations (serve_apps.forecasting)
+api.include_router(recommend_router)
 
 
 @api.get("/healthz", tags=["health"])

@@ -38,9 +38,11 @@ def get(url: str, headers: dict[str, str] | None = None) -> tuple[int, Any]:
         return err.code, json.loads(err.read() or b"null")
 
 
-def add_meter(dsn: str, device_id: str, organisation_id: Any, now: datetime) -> SimulatedMeter:
+def add_meter(dsn: str, device_id: str, organisation_id: Any, now: datetime, spike_at: datetime | None = None
+              ) -> SimulatedMeter:
     """A meter read every half-hour (a disabled connection: nobody polls it), its counter readings
-    written for DAYS days up to now: the simulator's exact A+ register at each half-hour."""
+    written for DAYS days up to now: the simulator's exact A+ register at each half-hour; `spike_at`:
+    50 kWh more in the half-hour starting then."""
     sql(dsn, "INSERT INTO devices.connections (id, protocol, host, port, poll_interval_s, timeout_s, enabled)"
              " VALUES ($1, 'modbus_tcp', '192.0.2.1', 502, 1800, 1, false) ON CONFLICT DO NOTHING", f"c-{device_id}")
     sql(dsn, "INSERT INTO devices.devices (id, name, protocol, profile, connection_id, unit_id, timezone,"
@@ -51,7 +53,8 @@ def add_meter(dsn: str, device_id: str, organisation_id: Any, now: datetime) -> 
     t = local_midnight - timedelta(days=DAYS, seconds=UTC_OFFSET_S)
     rows = []
     while t <= now:
-        rows.append(row(device_id, ENERGY, t, 1000.0 + meter.energy_since_install_kwh(t.timestamp())))
+        extra = 50.0 if spike_at is not None and t > spike_at else 0.0
+        rows.append(row(device_id, ENERGY, t, 1000.0 + extra + meter.energy_since_install_kwh(t.timestamp())))
         t += HALF_HOUR
 
     async def write() -> None:
@@ -72,9 +75,12 @@ def trained(runtime: dict) -> dict:
     org_a, org_b = uuid4(), uuid4()
     devices = {"fc-a1": org_a, "fc-a2": org_a, "fc-b1": org_b}
     meters = {d: add_meter(settings.pg_dsn, d, org, now) for d, org in devices.items()}
+    # Yesterday 12:00 Moscow time (UTC+3): a spike, on a meter the model is not trained on.
+    spike = (now + timedelta(hours=3)).replace(hour=12, minute=0, second=0, microsecond=0) - timedelta(days=1, hours=3)
+    meters["fc-b2"] = add_meter(settings.pg_dsn, "fc-b2", org_b, now, spike_at=spike)
     summary = ray.get(train_model.remote(settings, DAYS, list(devices)), timeout=600)
     return {"settings": settings, "api": runtime["api"], "org_a": org_a, "org_b": org_b, "meters": meters,
-            "summary": summary}
+            "summary": summary, "spike": spike}
 
 
 def test_training_registers_a_version_with_its_backtest(trained: dict) -> None:
@@ -135,3 +141,42 @@ def test_organisation_total_is_the_sum_of_its_devices(trained: dict) -> None:
     for i, p in enumerate(total["points"]):
         assert p["energy"] == pytest.approx(sum(x["points"][i]["energy"] for x in parts), rel=1e-6)
         assert p["upper"] == pytest.approx(sum(x["points"][i]["upper"] for x in parts), rel=1e-6)
+
+
+def test_device_recommendations_carry_their_numbers(trained: dict) -> None:
+    settings, api = trained["settings"], trained["api"]
+    headers = bearer(settings, Role.CUSTOMER, organisation_id=trained["org_a"])
+    status, body = get(f"{api}/api/v1/devices/fc-a1/recommendations?days=28&price_one_rate=5&price_day=6"
+                       "&price_night=2&price_peak=8&price_semi_peak=5", headers)
+    assert status == 200, body
+    t = body["tariff"]
+    assert t["days"] == 28 and sum(t["kwh_by_zone"].values()) == pytest.approx(t["kwh_total"])
+    z = t["kwh_by_zone"]
+    assert t["cost"]["one_rate"] == pytest.approx(5 * t["kwh_total"])
+    assert t["cost"]["three_zone"] == pytest.approx(8 * z["peak"] + 5 * z["semi_peak"] + 2 * z["night"])
+    assert t["best"] == min(t["cost"], key=t["cost"].get)
+    # The simulated shop draws most in the day: its tariff totals match the meter's own integral.
+    meter = trained["meters"]["fc-a1"]
+    first = datetime.fromisoformat(body["period"]["from"] + "T00:00:00+03:00").timestamp()
+    true = meter.energy_since_install_kwh(first + 28 * 86400) - meter.energy_since_install_kwh(first)
+    assert t["kwh_total"] == pytest.approx(true, rel=1e-6)
+    assert all(7 <= c["start_hour"] < 10 or 17 <= c["start_hour"] < 21 for c in body["peak_shift"]["candidates"])
+    assert body["night_baseload"]["abnormal"] is False  # 0.19-0.22 of peak at night vs ~0.8 by day
+    assert body["anomalies"]["checked"] is True and body["anomalies"]["half_hours"] == []
+    assert get(f"{api}/api/v1/devices/fc-b1/recommendations", headers)[0] == 404
+
+
+def test_a_spike_is_an_anomaly_against_the_forecast_interval(trained: dict) -> None:
+    settings, api = trained["settings"], trained["api"]
+    headers = bearer(settings, Role.CUSTOMER, organisation_id=trained["org_b"])
+    status, body = get(f"{api}/api/v1/devices/fc-b2/recommendations", headers)
+    assert status == 200, body
+    found = body["anomalies"]["half_hours"]
+    spike = [a for a in found if datetime.fromisoformat(a["start"]) == trained["spike"]]
+    assert len(spike) == 1 and spike[0]["kind"] == "above the interval", found
+    assert spike[0]["actual_kwh"] > 50 and spike[0]["upper_kwh"] < 10
+    status, org = get(f"{api}/api/v1/organisations/{trained['org_b']}/recommendations", headers)
+    assert status == 200 and org["devices"] == 2
+    assert any(a["device_id"] == "fc-b2" and a["start"] == spike[0]["start"] for a in org["anomalies"]["half_hours"])
+    dev = get(f"{api}/api/v1/devices/fc-b1/recommendations", headers)[1]
+    assert org["tariff"]["kwh_total"] == pytest.approx(dev["tariff"]["kwh_total"] + body["tariff"]["kwh_total"])
