@@ -23,9 +23,10 @@ from meterray.forecasting.model import QUANTILES, ROUNDS, Model, fit, seasonal_n
 
 LIGHTGBM, NAIVE = "lightgbm", "seasonal_naive_weekly"
 HOLDOUT_DAYS = 7
-# Rows fitted at most: a uniform sample above it. 2 M rows (about 115 meter-years of half-hours) keep a
-# 1,000-meter year under the 5-minute budget on 2 cores; the trees see every meter and every season.
-MAX_ROWS = 2_000_000
+# Rows fitted at most: a uniform sample above it. 1 M rows (about 57 meter-years of half-hours) keep a
+# 1,000-meter year within minutes on 2 cores (bench/forecast_training.py); the trees still see every
+# meter and every season, and a 7-leaf model of ~35 features does not need more.
+MAX_ROWS = 1_000_000
 
 
 @dataclass(frozen=True)
@@ -42,30 +43,39 @@ class Trained:
     naive_error_ratios: tuple[float, ...]  # actual / weekly naive at `quantiles`, over the holdout
 
 
-def _sample(rows: Rows, keep: float, rng: np.random.Generator) -> Rows:
-    return rows if keep >= 1 else rows[rng.random(len(rows)) < keep]
+def _take(f: Features, rows: Rows) -> Features:
+    """The given rows of a feature frame (a series' full frame is dropped once these are kept)."""
+    return Features(f.names, f.x[rows], f.level[rows], f.target[rows])
 
 
 def train(series: Mapping[str, Series], holdout_days: int = HOLDOUT_DAYS, calendar: Calendar = day_kind,
           rounds: int = ROUNDS, max_rows: int = MAX_ROWS, quantiles: tuple[float, ...] = QUANTILES,
-          seed: int = 7) -> Trained:
+          seed: int = 7, params: dict[str, Any] | None = None) -> Trained:
+    """Backtest, choose and fit. Each series' features are built once and only a uniform sample of its
+    rows is kept (at most `max_rows` over all series), plus its holdout rows: memory stays at the
+    sample's size however many meter-years come in."""
     usable = {k: s for k, s in series.items() if s.days > holdout_days + 7}
     if not usable:
         raise ValueError(f"no series longer than {holdout_days + 7} days (a week of history and the holdout)")
     rng = np.random.default_rng(seed)
-    feats = {k: build(s, calendar) for k, s in usable.items()}
-    cut = {k: (s.days - holdout_days) * SLOTS for k, s in usable.items()}
-    train_rows = {k: training_rows(feats[k], cut[k]) for k in usable}
-    total = sum(len(r) for r in train_rows.values())
-    keep = max_rows / total if total else 1.0
-    holdout_model = fit([(feats[k], _sample(train_rows[k], keep, rng)) for k in usable], rounds=rounds)
-    metrics, ratios = _evaluate(usable, feats, cut, holdout_model, quantiles)
+    keep = min(1.0, max_rows / (sum(s.days for s in usable.values()) * SLOTS))
+    before: list[Features] = []  # sampled rows before each holdout: the backtest's training set
+    after: list[Features] = []  # sampled rows of the holdout: with `before`, the final training set
+    holdout: dict[str, tuple[Features, Rows, Array, int]] = {}  # features, rows, values, cut
+    for k, s in usable.items():
+        f = build(s, calendar)
+        cut = (s.days - holdout_days) * SLOTS
+        rows = training_rows(f, s.days * SLOTS)
+        sampled = rows[rng.random(len(rows)) < keep] if keep < 1 else rows
+        before.append(_take(f, sampled[sampled < cut]))
+        after.append(_take(f, sampled[sampled >= cut]))
+        hold = np.arange(cut, s.days * SLOTS)
+        holdout[k] = (_take(f, hold), hold, s.values.astype(np.float64), cut)
+    holdout_model = fit([(f, np.arange(len(f.target))) for f in before], rounds=rounds, params=params)
+    metrics, ratios = _evaluate(holdout, holdout_model, quantiles)
     better = holdout_model is not None and metrics["model"]["mase"] < metrics["seasonal_naive_weekly"]["mase"]
-    all_rows = {k: training_rows(feats[k], usable[k].days * SLOTS) for k in usable}
-    total = sum(len(r) for r in all_rows.values())
-    keep = max_rows / total if total else 1.0
-    parts = [(feats[k], _sample(all_rows[k], keep, rng)) for k in usable]
-    final = fit(parts, quantiles=quantiles, rounds=rounds) if better else None
+    parts = [(f, np.arange(len(f.target))) for f in before + after]
+    final = fit(parts, quantiles=quantiles, rounds=rounds, params=params) if better else None
     return Trained(
         chosen=LIGHTGBM if better and final is not None else NAIVE, model=final, metrics=metrics,
         train_start=min(s.first for s in usable.values()),
@@ -74,20 +84,17 @@ def train(series: Mapping[str, Series], holdout_days: int = HOLDOUT_DAYS, calend
         quantiles=quantiles, naive_error_ratios=ratios)
 
 
-def _evaluate(series: Mapping[str, Series], feats: Mapping[str, Features], cut: Mapping[str, int],
-              model: Model | None, quantiles: tuple[float, ...]
-              ) -> tuple[dict[str, dict[str, float]], tuple[float, ...]]:
+def _evaluate(holdout: Mapping[str, tuple[Features, Rows, Array, int]], model: Model | None,
+              quantiles: tuple[float, ...]) -> tuple[dict[str, dict[str, float]], tuple[float, ...]]:
     """Mean MASE (each meter scaled by its own in-sample weekly naive MAE), pooled MAPE and MAE."""
     per: dict[str, list[Scores]] = {"model": [], "seasonal_naive_daily": [], "seasonal_naive_weekly": []}
     pooled: dict[str, list[tuple[Array, Array]]] = {k: [] for k in per}
     ratios: list[Array] = []
-    for k, s in series.items():
-        values = s.values.astype(np.float64)
-        rows = np.arange(cut[k], s.days * SLOTS)
+    for f, rows, values, cut in holdout.values():
         actual = values[rows]
-        scale = weekly_naive_scale(values, cut[k])
+        scale = weekly_naive_scale(values, cut)
         weekly = seasonal_naive(values, rows, WEEKLY)
-        model_fc = model.predict(feats[k], rows) if model is not None else weekly
+        model_fc = model.predict(f, slice(None)) if model is not None else weekly
         for name, fc in (("model", model_fc), ("seasonal_naive_daily", seasonal_naive(values, rows, SLOTS)),
                          ("seasonal_naive_weekly", weekly)):
             per[name].append(scores(actual, fc, scale))
@@ -97,8 +104,8 @@ def _evaluate(series: Mapping[str, Series], feats: Mapping[str, Features], cut: 
     out: dict[str, dict[str, float]] = {}
     for name, lst in per.items():
         a = np.concatenate([p[0] for p in pooled[name]])
-        f = np.concatenate([p[1] for p in pooled[name]])
-        p = scores(a, f, 1.0)
+        fc_all = np.concatenate([p[1] for p in pooled[name]])
+        p = scores(a, fc_all, 1.0)
         mase = [x.mase for x in lst if np.isfinite(x.mase)]
         out[name] = {"mase": float(np.mean(mase)) if mase else float("nan"), "mape": p.mape, "mae": p.mae}
     r = np.concatenate(ratios) if ratios else np.array([])
