@@ -71,8 +71,8 @@ async def organisation_forecast(organisation_id: UUID, who: CurrentPrincipal, db
             continue
         # Half-hours are aligned on the organisation's first device's zone; devices in other zones
         # still add up per absolute half-hour, since every zone offset here is whole or half hours.
-        starts = starts or f.starts
-        tz = f.timezone if starts is f.starts else tz
+        if starts is None:
+            starts, tz = f.starts, f.timezone
         total += np.nan_to_num(np.stack([f.point, f.lower, f.upper]))
     if starts is None:
         starts = [now.astimezone(timezone.utc).replace(minute=30 * (now.minute // 30), second=0, microsecond=0)
