@@ -180,3 +180,20 @@ def test_a_spike_is_an_anomaly_against_the_forecast_interval(trained: dict) -> N
     assert any(a["device_id"] == "fc-b2" and a["start"] == spike[0]["start"] for a in org["anomalies"]["half_hours"])
     dev = get(f"{api}/api/v1/devices/fc-b1/recommendations", headers)[1]
     assert org["tariff"]["kwh_total"] == pytest.approx(dev["tariff"]["kwh_total"] + body["tariff"]["kwh_total"])
+
+
+def test_scheduler_trains_and_registers_a_new_version(trained: dict) -> None:
+    from actors.forecast_training import ForecastScheduler
+    from tests.conftest import wait_for
+
+    settings = trained["settings"]
+    scheduler = ForecastScheduler.remote(settings, 3600.0, DAYS)  # type: ignore[attr-defined]
+    try:
+        ray.get(scheduler.start.remote(), timeout=60)
+        last = wait_for(lambda: ray.get(scheduler.last.remote(), timeout=30), 600, "a scheduled training run")
+        assert isinstance(last, dict) and "error" not in last, last
+        # Every device of the database: the forecast meters have the history, others are too short to use.
+        assert last["version"] > trained["summary"]["version"] and last["devices"] >= 4
+        assert sql(settings.pg_dsn, "SELECT max(version) AS v FROM forecasting.models")[0]["v"] == last["version"]
+    finally:
+        ray.kill(scheduler)
