@@ -108,7 +108,21 @@ def main(argv: Sequence[str] | None = None) -> int:
     b.add_argument("--overload-rate", type=float, default=1000.0,
                    help="requests/s far past capacity: answered at once (200 or 503), then recovery (0: skip)")
 
+    from meterray.app import forecast_cli
+
+    forecast_cli.add_parser(sub)
+
+    b = bench_sub.add_parser("forecast", help="train the global forecast model on N simulated meters x D days "
+                                              "(a Ray task), then forecast API latency; bench/results/forecast.json")
+    b.add_argument("--meters", type=int, default=1000)
+    b.add_argument("--days", type=int, default=365)
+    b.add_argument("--rounds", type=int, default=400, help="boosting rounds of the point model (quantiles: half)")
+    b.add_argument("--api-devices", type=int, default=10, help="meters in the API latency database (0: skip)")
+    b.add_argument("--requests", type=int, default=30, help="forecast requests timed")
+
     args = parser.parse_args(args_list)
+    if args.command == "forecast":  # needs no settings: a CSV in, scores out
+        return forecast_cli.run(args)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
         settings = Settings.from_env()
@@ -254,6 +268,11 @@ def _backfill(settings: Settings, args: argparse.Namespace) -> int:
 
 
 def _bench(settings: Settings, args: argparse.Namespace) -> int:
+    if args.scenario == "forecast":
+        from bench.forecast_training import run_benchmark as run_forecast
+
+        run_forecast(settings, args.meters, args.days, args.rounds, args.api_devices, args.requests)
+        return 0
     if args.scenario == "partners":
         from bench.partners import run_benchmark as run_partners
 

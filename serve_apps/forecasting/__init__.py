@@ -1,0 +1,1 @@
+"""Forecasts and recommendations over HTTP (analytics issue, items 2 and 4)."""
