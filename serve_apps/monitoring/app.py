@@ -7,7 +7,9 @@ from ray.serve import Application
 
 from meterray.placement import serve_request
 from meterray.settings import Settings
+from serve_apps.auth import configure_auth
 from serve_apps.deps import Db, configure_db, configure_settings
+from serve_apps.monitoring.aggregates import aggregates_router
 from serve_apps.monitoring.consumption import consumption_router
 from serve_apps.monitoring.routes import devices_router, health_router
 from serve_apps.monitoring.runtime import RuntimeSources
@@ -22,6 +24,7 @@ api.include_router(health_router)
 api.include_router(runtime_router)
 api.include_router(partners_router)  # the partners seed service's routes, served by the same ingress for now
 api.include_router(consumption_router)
+api.include_router(aggregates_router)  # long-range history from the ClickHouse copy
 
 
 @api.get("/healthz", tags=["health"])
@@ -38,6 +41,7 @@ class MonitoringApi:
         configure_runtime(sources)
         configure_partners(settings)
         configure_settings(settings)
+        configure_auth(settings)
 
     async def check_health(self) -> None:
         """Serve marks the replica unhealthy (and replaces it) while PostgreSQL does not answer."""
