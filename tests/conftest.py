@@ -50,12 +50,17 @@ def settings() -> Iterator[Settings]:
     shutil.rmtree(clickhouse_dir.parent, ignore_errors=True)
 
 
+def own_clickhouse(settings: Settings, name: str) -> str:
+    """A chdb:// URL of its own beside the run's, for a second runtime (chDB: one process per directory)."""
+    return f"chdb://{Path(settings.clickhouse.removeprefix('chdb://')).parent / name}"
+
+
 @pytest.fixture(scope="session")
 def local_clickhouse(settings: Settings) -> str:
     """The embedded ClickHouse of this test process (a chdb:// URL). chDB opens one data directory per process,
     so every in-process ClickHouse test uses this one (each with a database of its own), and it is never the
     runtime's (`settings.clickhouse`), which the ch-writer actor's process owns."""
-    return f"chdb://{Path(settings.clickhouse.removeprefix('chdb://')).parent / 'clickhouse-local'}"
+    return own_clickhouse(settings, "clickhouse-local")
 
 
 @pytest.fixture(scope="session")

@@ -114,10 +114,15 @@ def _range(interval: str, start: datetime | None, end: datetime | None) -> tuple
                                  "shorter range")
     if interval in TIME_INTERVALS:
         return lo, hi
-    lo_d, hi_d = lo.date(), hi.date()  # the calendar date as the caller wrote it (its own offset)
+    # Calendar dates as the caller wrote them (in their own offset): the day (month) holding `from` up to the
+    # one holding the last instant before `to`, so the default `to` (now) includes today (this month).
+    lo_d = lo.date()
+    hi_d = hi.date() if hi.timetz().replace(tzinfo=None) == datetime.min.time() else hi.date() + timedelta(days=1)
     if interval == "1mo":
         lo_d = lo_d.replace(day=1)
-    return lo_d, hi_d if hi_d > lo_d else lo_d + timedelta(days=1)
+        if hi_d.day != 1:
+            hi_d = (hi_d.replace(day=1) + timedelta(days=32)).replace(day=1)
+    return lo_d, hi_d
 
 
 def _utc(dt: datetime) -> datetime:

@@ -29,7 +29,7 @@ from meterray.placement import NODE_UNITS
 from meterray.settings import REPO_ROOT, Settings
 from storage.kafka import topics
 from tests.cluster.nodes import RayNode, start_node
-from tests.conftest import SIM_BASE_PORT, wait_for
+from tests.conftest import SIM_BASE_PORT, own_clickhouse, wait_for
 from tests.pipeline.helpers import read_topic, sql
 
 HEAD_PORT = 26600  # GCS; the head's other ports follow it (tests.cluster.nodes)
@@ -72,7 +72,8 @@ def cluster_settings(stores: Settings) -> Iterator[Settings]:
     migrate_database(dsn)
     settings = stores.model_copy(update={"pg_dsn": dsn, "kafka_topic_prefix": f"{stores.kafka_topic_prefix}cl.",
                                          "ray_namespace": f"{stores.ray_namespace}-cluster",
-                                         "connections_per_shard": 1})
+                                         "connections_per_shard": 1,
+                                         "clickhouse_url": own_clickhouse(stores, "clickhouse-cluster")})
     ensure_topics(settings)
     yield settings
     asyncio.run(drop_database(stores.pg_dsn, name))

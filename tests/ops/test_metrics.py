@@ -103,7 +103,8 @@ def test_lag_and_device_gauges_carry_the_runtimes_groups_partitions_and_states(o
     # The session's runtime exports its own groups too: these are this pipeline's (its topic prefix).
     lag = [x for x in lag if f'group="{settings.kafka_topic_prefix}' in x]
     groups = {re.search(r'group="([^"]+)"', x)[1] for x in lag}  # type: ignore[index]
-    assert groups == {settings.topic("meterray-device-processor"), settings.topic("meterray-pg-writer")}
+    assert groups == {settings.topic("meterray-device-processor"), settings.topic("meterray-pg-writer"),
+                      settings.topic("meterray-ch-writer")}
     partitions = {re.search(r'partition="([^"]+)"', x)[1] for x in lag}  # type: ignore[index]
     assert partitions == {str(p) for p in range(settings.kafka_partitions)}
     assert _online(found, settings) == len(ops_runtime["manifest"])  # every meter of this pipeline online

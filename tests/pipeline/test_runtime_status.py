@@ -20,7 +20,8 @@ from meterray.settings import REPO_ROOT
 from tests.conftest import wait_for
 from tests.pipeline.helpers import http, sql
 
-CLASS_OF_ROLE = {"modbus-shard": "ModbusShard", "device-processor": "DeviceProcessor", "pg-writer": "PgWriter"}
+CLASS_OF_ROLE = {"modbus-shard": "ModbusShard", "device-processor": "DeviceProcessor", "pg-writer": "PgWriter",
+                 "device-catalog": "DeviceCatalog", "ch-writer": "ChWriter"}
 
 
 def _children(runtime: dict) -> dict[str, dict]:
@@ -91,7 +92,8 @@ def test_runtime_endpoint_shows_actors_assignments_rates_lag_and_device_states(r
     # 12 meters polled every second: the shards together poll about 12 times per second.
     assert body["totals_per_s"]["modbus-shard.polls_ok"] > 3
     assert {(g["role"], g["topic"]) for g in body["lag"]} == {
-        ("device-processor", settings.topic("readings.raw")), ("pg-writer", settings.topic("readings"))}
+        ("device-processor", settings.topic("readings.raw")), ("pg-writer", settings.topic("readings")),
+        ("ch-writer", settings.topic("readings"))}
     assert all(g["lag"] is not None and g["lag"] >= 0 for g in body["lag"]), body["lag"]
     assert sum(body["device_states"].values()) == sum(_device_states(settings.pg_dsn).values())
     assert body["device_states"].get("online", 0) >= 1
