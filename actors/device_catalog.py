@@ -69,8 +69,10 @@ class DeviceCatalogCore:
         return len(changed), len(deleted)
 
     async def start(self) -> None:
+        """Starts the loop, whose first round publishes: Kafka or PostgreSQL away at start delays the
+        catalogue, it does not fail the supervisor's start."""
         if self._task is None:
-            await self.sync()
+            self._wake.set()
             self._task = asyncio.create_task(self._run(), name="device-catalog")
 
     async def _run(self) -> None:

@@ -89,5 +89,6 @@ def test_clickhouse_url_is_an_absolute_chdb_directory_or_a_server_and_chdb_has_o
         Settings.from_env({"METERRAY_CLICKHOUSE_URL": "chdb://var/clickhouse"})
     with pytest.raises(SettingsError, match="METERRAY_CH_WRITERS > 1 needs a ClickHouse server"):
         Settings.from_env({"METERRAY_CH_WRITERS": "2"})
-    server = Settings.from_env({"METERRAY_CLICKHOUSE_URL": "http://meterray:secret@ch:8123", "METERRAY_CH_WRITERS": "2"})
+    server = Settings.from_env({"METERRAY_CLICKHOUSE_URL": "http://meterray:secret@ch:8123",
+                                "METERRAY_CH_WRITERS": "2"})
     assert server.ch_writers == 2 and server.redacted()["clickhouse_url"] == "http://meterray:***@ch:8123"
