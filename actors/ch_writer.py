@@ -3,9 +3,9 @@
 Each batch is one INSERT into `readings` (its rollup views fill the interval aggregates on the same
 insert) and only then are the offsets committed (actors.consumer_stage): a crash in between delivers the
 batch again, which the ReplacingMergeTree and the idempotent rollups absorb (schema.py). Records the codec
-refuses and failure records are dead-lettered, as by the PostgreSQL writer; a ClickHouse that does not
-answer (server down, data directory unusable, a table missing) keeps the batch and the offsets until it
-does. Unknown devices never reach `readings` (the device processor dead-letters them).
+refuses, failure records and records of unregistered devices are dead-lettered, as by the PostgreSQL
+writer (so both sinks hold the same readings); a ClickHouse that does not answer (server down, data
+directory unusable, a table missing) keeps the batch and the offsets until it does.
 
 Device metadata comes from the compacted `devices` topic, read whole from its beginning before the first
 batch of readings and then followed beside `readings` (`tick`), copied into ClickHouse's `devices` table:
@@ -27,11 +27,13 @@ from datetime import date, datetime, timezone
 from typing import Any
 from uuid import UUID
 
+import asyncpg
 import ray
 from confluent_kafka import Message
 
 from actors import metrics
 from actors.consumer_stage import ConsumerStage
+from actors.known_devices import KnownDevices
 from actors.logs import setup_logging
 from meterray.device_info import DeviceInfo
 from meterray.domain import ReadingBatch
@@ -53,10 +55,11 @@ class ChWriterCore(ConsumerStage):
     role = "ch-writer"
     max_batch = 5000
 
-    def __init__(self, settings: Settings, store: ClickHouseStore, producer: AsyncProducer, member: str,
-                 consumer_config: Mapping[str, Any] | None = None) -> None:
+    def __init__(self, settings: Settings, store: ClickHouseStore, pool: asyncpg.Pool, producer: AsyncProducer,
+                 member: str, consumer_config: Mapping[str, Any] | None = None) -> None:
         super().__init__(settings, GROUP_ID, topics.READINGS, member, producer, consumer_config)
         self._store = store
+        self._known = KnownDevices(pool)
         self._default_tz = settings.default_timezone
         self._timezones: dict[str, str] | None = None  # device id → its own zone, loaded on first use
         self._devices = device_topic.TableFollower(settings.kafka_bootstrap, settings.topic(topics.DEVICES))
@@ -70,6 +73,7 @@ class ChWriterCore(ConsumerStage):
         refused: list[tuple[Message, str]] = []
         rows: list[ChRow] = []
         days: dict[tuple[str, int], date] = {}
+        batches: list[tuple[Message, ReadingBatch]] = []
         for m in messages:
             try:
                 batch = codec.decode(m.value())
@@ -78,6 +82,14 @@ class ChWriterCore(ConsumerStage):
                 continue
             if not isinstance(batch, ReadingBatch):
                 refused.append((m, "a failure record reached the readings topic (failures belong in readings.raw)"))
+                continue
+            batches.append((m, batch))
+        # As the PostgreSQL writer: a device not registered in devices.devices is refused by both sinks.
+        unknown = await self._known.unknown({b.device_id for _, b in batches})
+        refused += [(m, f"unknown device {b.device_id!r}: not registered in devices.devices")
+                    for m, b in batches if b.device_id in unknown]
+        for _, batch in batches:
+            if batch.device_id in unknown:
                 continue
             tz = timezones.get(batch.device_id, self._default_tz)
             day = days.get((tz, batch.ts_ms))
@@ -157,13 +169,15 @@ class ChWriter:
         self._member = member
         self._store = ClickHouseStore(settings.clickhouse, settings.clickhouse_database)
         self._producer: AsyncProducer | None = None
+        self._pool: asyncpg.Pool | None = None
         self._core: ChWriterCore | None = None
 
     async def start(self) -> None:
         if self._core is None:
+            self._pool = await asyncpg.create_pool(self._settings.pg_dsn, min_size=1, max_size=1)
             self._producer = AsyncProducer(self._settings.kafka_bootstrap)
             await self._producer.start()
-            self._core = ChWriterCore(self._settings, self._store, self._producer, self._member)
+            self._core = ChWriterCore(self._settings, self._store, self._pool, self._producer, self._member)
             await self._core.start()
 
     async def ping(self) -> dict[str, object]:
@@ -193,6 +207,8 @@ class ChWriter:
             await self._core.stop()
         if self._producer is not None:
             await self._producer.close()
+        if self._pool is not None:
+            await self._pool.close()
         await asyncio.to_thread(self._store.close)
 
 

@@ -53,8 +53,9 @@ def store(ch: Settings) -> ClickHouseStore:
 async def _writer(s: Settings, member: str, run: bool = True) -> AsyncIterator[ChWriterCore]:
     """A writer core; `run=False`: its loop is not started, the test drives its steps."""
     store = ClickHouseStore(s.clickhouse, s.clickhouse_database)
+    pool = await asyncpg.create_pool(s.pg_dsn, min_size=1, max_size=1)
     producer = AsyncProducer(s.kafka_bootstrap)
-    core = ChWriterCore(s, store, producer, member)
+    core = ChWriterCore(s, store, pool, producer, member)
     if run:
         await core.start()
     try:
@@ -62,6 +63,7 @@ async def _writer(s: Settings, member: str, run: bool = True) -> AsyncIterator[C
     finally:
         await core.stop()
         await producer.close()
+        await pool.close()
         store.close()
 
 
@@ -236,7 +238,8 @@ async def test_poison_records_are_dead_lettered_and_the_rest_is_stored(ch: Setti
     await register(s.pg_dsn, device)
     good = _series(device, _midnight_days_ago(1), 7)
     poison = [b"{not json", orjson.dumps({"device_id": device, "ts": int(time.time() * 1000), "source": "x",
-                                          "failure": {"kind": "timeout", "detail": "poison"}})]
+                                          "failure": {"kind": "timeout", "detail": "poison"}}),
+              codec.encode(ReadingBatch(f"ghost-{tag}", int(time.time() * 1000), "x", (Value(A_PLUS, 1.0, "kWh", 0),)))]
     partition = topics.partition_for(device, s.kafka_partitions)
     async with AsyncProducer(s.kafka_bootstrap) as p:
         await p.send_many([(s.topic(topics.READINGS), partition, device.encode(), codec.encode(b)) for b in good[:4]]
@@ -244,12 +247,13 @@ async def test_poison_records_are_dead_lettered_and_the_rest_is_stored(ch: Setti
                           + [(s.topic(topics.READINGS), partition, device.encode(), codec.encode(b)) for b in good[4:]])
     async with _writer(s, f"p-{tag}") as w:
         await _stored_and_committed(s, store, [device], len(good))
-        assert (await w.ping())["dead_letters"] == 2
+        assert (await w.ping())["dead_letters"] == 3
     assert queries.raw_counts(store.client("read"), s.clickhouse_database, [device]).readings == len(good)
     letters = [codec.decode_dead_letter(v) for _, v in read_topic(s.kafka_bootstrap, s.topic(topics.READINGS_DLQ))]
     mine = sorted((d["raw"], d["stage"], d["reason"]) for d in letters if d["stage"] == "ch-writer")
     assert [m[0] for m in mine] == sorted(poison)
     assert any("failure record reached the readings topic" in m[2] for m in mine)
+    assert any(f"unknown device 'ghost-{tag}'" in m[2] for m in mine)
 
 
 async def test_while_clickhouse_refuses_inserts_nothing_is_committed_and_it_catches_up_after(
