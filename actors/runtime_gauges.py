@@ -14,7 +14,7 @@ import logging
 
 import asyncpg
 
-from actors import device_processor, metrics, notifier, pg_writer
+from actors import ch_writer, device_processor, metrics, notifier, pg_writer
 from meterray.domain import DeviceStatus
 from meterray.settings import Settings
 from storage.kafka import topics
@@ -26,7 +26,7 @@ log = logging.getLogger(__name__)
 EXPORT_INTERVAL_S = 10.0  # Ray's metrics agent exports every 10 s: refreshing faster shows nothing more
 # The consumer groups of the pipeline and what they read (unprefixed: Settings.topic adds the prefix).
 CONSUMER_GROUPS = ((device_processor.GROUP_ID, topics.READINGS_RAW), (pg_writer.GROUP_ID, topics.READINGS),
-                   (notifier.GROUP_ID, topics.DEVICE_EVENTS))
+                   (notifier.GROUP_ID, topics.DEVICE_EVENTS), (ch_writer.GROUP_ID, topics.READINGS))
 # Every status a device can have: a status no device has any more is exported as 0, not its last count.
 STATUSES = tuple(s.value for s in DeviceStatus)
 
@@ -34,7 +34,7 @@ STATUSES = tuple(s.value for s in DeviceStatus)
 async def export_once(settings: Settings) -> None:
     lags: list[PartitionLags] = await asyncio.gather(*(
         asyncio.to_thread(partition_lags, settings.kafka_bootstrap, settings.topic(group), settings.topic(topic))
-        for group, topic in CONSUMER_GROUPS))
+        for group, topic in CONSUMER_GROUPS if group != ch_writer.GROUP_ID or settings.ch_writers))
     gauge = metrics.consumer_lag()
     for p in lags:
         if p.error is not None:

@@ -45,6 +45,8 @@ from ray.actor import ActorHandle
 
 from actors import audit, metrics, runtime_gauges
 from actors.backfill import BackfillActor
+from actors.ch_writer import ChWriter
+from actors.device_catalog import DeviceCatalog
 from actors.device_processor import DeviceProcessor
 from actors.logs import setup_logging
 from actors.modbus_shard import ModbusShard
@@ -168,7 +170,9 @@ class Supervisor:
         s = self._settings
         for role, actor_class, count in (("device-processor", DeviceProcessor, s.device_processors),
                                          ("pg-writer", PgWriter, s.pg_writers), ("backfill", BackfillActor, 1),
-                                         ("notifier", Notifier, s.notifiers)):
+                                         ("notifier", Notifier, s.notifiers),
+                                         ("device-catalog", DeviceCatalog, 1),
+                                         ("ch-writer", ChWriter, s.ch_writers)):
             for i in range(count):
                 self._children[f"{role}-{i}"] = Child(f"{role}-{i}", role, actor_class)
         others = list(self._children.values())

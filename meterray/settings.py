@@ -45,7 +45,13 @@ class Settings(BaseModel):
     kafka_partitions: int = Field(4, ge=1, le=1024)
     mqtt_host: str = "127.0.0.1"
     mqtt_port: int = Field(1883, ge=1, le=65535)
-    clickhouse_url: str = ""  # empty: chdb:// under var_dir
+    # The analytics copy (storage/clickhouse): `chdb:///abs/path` is ClickHouse embedded in the ch-writer's
+    # process (chDB), `http(s)://user:password@host:8123` a server; empty: chdb:// at <var_dir>/clickhouse.
+    clickhouse_url: str = ""
+    clickhouse_database: str = "meterray"
+    # ClickHouse writers (actors/ch_writer.py); 0: no analytics copy. chDB allows one process per data
+    # directory, so with chdb:// at most 1 (that writer also answers the aggregate queries).
+    ch_writers: int = Field(1, ge=0, le=64)
     api_host: str = "127.0.0.1"
     api_port: int = Field(8000, ge=1, le=65535)
     dashboard_port: int = Field(8265, ge=1, le=65535)
@@ -208,6 +214,19 @@ class Settings(BaseModel):
                              f"of Ray's own ({', '.join(RAY_RESOURCES)}, node:…); empty places actors anywhere")
         return v
 
+    @model_validator(mode="after")
+    def _clickhouse(self) -> "Settings":
+        url = self.clickhouse_url
+        if url and not url.startswith(("chdb:///", "http://", "https://")):
+            raise ValueError("METERRAY_CLICKHOUSE_URL must be chdb:///absolute/path (embedded) or "
+                             "http(s)://user:password@host:8123 (a server)")
+        if not self.clickhouse_database.isidentifier():
+            raise ValueError("METERRAY_CLICKHOUSE_DATABASE must be an identifier (letters, digits, _)")
+        if self.clickhouse.startswith("chdb:") and self.ch_writers > 1:
+            raise ValueError("METERRAY_CH_WRITERS > 1 needs a ClickHouse server: chDB (chdb://) is owned by "
+                             "one process")
+        return self
+
     @field_validator("pg_dsn")
     @classmethod
     def _postgres_dsn(cls, v: str) -> str:
@@ -217,7 +236,7 @@ class Settings(BaseModel):
 
     @property
     def clickhouse(self) -> str:
-        return self.clickhouse_url or f"chdb://{self.var_dir / 'clickhouse'}"
+        return self.clickhouse_url or f"chdb://{(self.var_dir / 'clickhouse').resolve()}"
 
     def topic(self, name: str) -> str:
         return f"{self.kafka_topic_prefix}{name}"
@@ -246,10 +265,11 @@ class Settings(BaseModel):
         from urllib.parse import urlsplit, urlunsplit
 
         out = self.model_dump(mode="json")
-        parts = urlsplit(self.pg_dsn)
-        if parts.password:
-            netloc = parts.netloc.replace(f":{parts.password}@", ":***@")
-            out["pg_dsn"] = urlunsplit(parts._replace(netloc=netloc))
+        for name in ("pg_dsn", "clickhouse_url"):
+            parts = urlsplit(getattr(self, name))
+            if parts.password:
+                netloc = parts.netloc.replace(f":{parts.password}@", ":***@")
+                out[name] = urlunsplit(parts._replace(netloc=netloc))
         for name, field in type(self).model_fields.items():  # every secret: "***" when set, "" when not
             if field.annotation is SecretStr:
                 out[name] = "***" if getattr(self, name).get_secret_value() else ""

@@ -7,7 +7,9 @@ from __future__ import annotations
 
 import asyncio
 import os
+import shutil
 import signal
+import tempfile
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -38,6 +40,7 @@ def settings() -> Iterator[Settings]:
     from storage.postgres.databases import drop_database, recreate_database
 
     base = Settings.from_env()
+    clickhouse_dir = Path(tempfile.gettempdir()) / f"meterray-test-{RUN_ID}" / "clickhouse"
     # A database of its own per run, so two runs on one server (two checkouts) never meet.
     test_db = f"{urlsplit(base.pg_dsn).path.lstrip('/') or 'meterray'}_test_{RUN_ID}"
     yield base.model_copy(update={
@@ -49,8 +52,24 @@ def settings() -> Iterator[Settings]:
         "backfill_scan_s": 5.0,  # the gap scan runs within the tests' patience (tests/pipeline/test_backfill.py)
         "unisender_url": f"http://127.0.0.1:{UNISENDER_PORT}/ru/transactional/api/v1",
         "unisender_api_key": SecretStr(UNISENDER_KEY),
+        # The run's own embedded ClickHouse (chDB: one process per data directory, so never a shared one).
+        "clickhouse_url": f"chdb://{clickhouse_dir}",
     })
     asyncio.run(drop_database(base.pg_dsn, test_db))
+    shutil.rmtree(clickhouse_dir.parent, ignore_errors=True)
+
+
+def own_clickhouse(settings: Settings, name: str) -> str:
+    """A chdb:// URL of its own beside the run's, for a second runtime (chDB: one process per directory)."""
+    return f"chdb://{Path(settings.clickhouse.removeprefix('chdb://')).parent / name}"
+
+
+@pytest.fixture(scope="session")
+def local_clickhouse(settings: Settings) -> str:
+    """The embedded ClickHouse of this test process (a chdb:// URL). chDB opens one data directory per process,
+    so every in-process ClickHouse test uses this one (each with a database of its own), and it is never the
+    runtime's (`settings.clickhouse`), which the ch-writer actor's process owns."""
+    return own_clickhouse(settings, "clickhouse-local")
 
 
 @pytest.fixture(scope="session")

@@ -86,6 +86,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     b.add_argument("--paths", type=int, default=4, help="retrieval paths, each for its share of the meters")
     b.add_argument("--window", type=float, default=600.0, help="seconds of 1 s readings fetched (default 600)")
     b.add_argument("--page-size", type=int, default=1000, help="records per page (default 1000)")
+    b = bench_sub.add_parser("clickhouse", help="aggregate latency over a year of 30-min data: ClickHouse rollups "
+                                                "vs the same aggregate from the PostgreSQL archive; writes "
+                                                "bench/results/clickhouse.json")
+    b.add_argument("--devices", type=int, default=1000, help="meters (default 1000)")
+    b.add_argument("--days", type=int, default=365, help="days of half-hourly readings (default 365)")
+    b.add_argument("--repeats", type=int, default=5, help="timed runs of each query after a warm-up (default 5)")
     b = bench_sub.add_parser("mqtt", help="N devices publishing at QoS 1: meterray runtime vs a plain paho → Kafka "
                                           "subscriber; writes bench/results/mqtt.json")
     b.add_argument("--devices", type=int, default=1000)
@@ -282,6 +288,14 @@ def _bench(settings: Settings, args: argparse.Namespace) -> int:
         return _bench_mqtt(settings, args)
     if args.scenario == "api":
         return _bench_api(settings, args)
+    if args.scenario == "clickhouse":
+        from bench.clickhouse import run_benchmark as run_clickhouse
+
+        if args.devices < 1 or args.days < 2 or args.repeats < 1:
+            print("meterray bench clickhouse: --devices ≥ 1, --days ≥ 2, --repeats ≥ 1", file=sys.stderr)
+            return 2
+        print(json.dumps(run_clickhouse(settings, args.devices, args.days, args.repeats), indent=2))
+        return 0
     from bench.modbus import KneePlan, find_knee, run_benchmark
 
     if args.find_knee:

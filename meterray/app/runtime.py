@@ -86,15 +86,17 @@ def on_the_head() -> dict[str, float]:
 
 def runtime_sources(settings: Settings) -> RuntimeSources:
     """Where `GET /api/v1/runtime` and `meterray status` find the runtime: the supervisor and the consumer groups."""
-    from actors import backfill, device_processor, notifier, pg_writer
+    from actors import backfill, ch_writer, device_processor, notifier, pg_writer
     from actors.supervisor import SUPERVISOR_NAME
     from storage.kafka import topics
 
-    groups = (ConsumerGroup("device-processor", settings.topic(device_processor.GROUP_ID),
+    groups: tuple[ConsumerGroup, ...] = (ConsumerGroup("device-processor", settings.topic(device_processor.GROUP_ID),
                             settings.topic(topics.READINGS_RAW)),
               ConsumerGroup("pg-writer", settings.topic(pg_writer.GROUP_ID), settings.topic(topics.READINGS)),
               ConsumerGroup("backfill", settings.topic(backfill.GROUP_ID), settings.topic(topics.BACKFILL_REQUESTS)),
               ConsumerGroup("notifier", settings.topic(notifier.GROUP_ID), settings.topic(topics.DEVICE_EVENTS)))
+    if settings.ch_writers:
+        groups += (ConsumerGroup("ch-writer", settings.topic(ch_writer.GROUP_ID), settings.topic(topics.READINGS)),)
     return RuntimeSources(SUPERVISOR_NAME, settings.ray_namespace, settings.kafka_bootstrap, groups)
 
 

@@ -16,6 +16,7 @@ from serve_apps.deps import Db, configure_db, configure_settings
 from serve_apps.docs import offline_docs
 from serve_apps.forecasting.recommend_routes import recommend_router
 from serve_apps.forecasting.routes import forecast_router
+from serve_apps.monitoring.aggregates import aggregates_router
 from serve_apps.monitoring.consumption import consumption_router
 from serve_apps.monitoring.routes import devices_router, health_router
 from serve_apps.monitoring.runtime import RuntimeSources
@@ -34,6 +35,7 @@ api.include_router(consumption_router)
 api.include_router(connections_router)  # Modbus and MQTT connections, authenticated
 api.include_router(forecast_router)  # forecasts and recommendations (serve_apps.forecasting)
 api.include_router(recommend_router)
+api.include_router(aggregates_router)  # long-range history from the ClickHouse copy
 mount_cabinet(api)  # the web cabinet's pages at / (same origin as the API; Serve routes / to this app)
 
 

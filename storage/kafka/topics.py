@@ -17,8 +17,13 @@ READINGS_DLQ = "readings.dlq"  # input that cannot be decoded, with reason and r
 BACKFILL_REQUESTS = "backfill-requests"
 
 AUDIT = "audit"  # process events: actors started, stopped, restarted, reconfigurations (actors/audit.py)
+# Device metadata, one record per device keyed by its id (storage/kafka/device_topic.py): compacted, so it
+# holds every device's latest record forever and a new consumer copies the whole catalogue from it.
+DEVICES = "devices"
 
-ALL_TOPICS = (READINGS_RAW, READINGS, DEVICE_EVENTS, READINGS_DLQ, BACKFILL_REQUESTS, AUDIT)
+ALL_TOPICS = (READINGS_RAW, READINGS, DEVICE_EVENTS, READINGS_DLQ, BACKFILL_REQUESTS, AUDIT, DEVICES)
+# Topic configuration other than the defaults (k8s/base/kafka-topics.yaml says the same).
+TOPIC_CONFIG = {DEVICES: {"cleanup.policy": "compact"}}
 
 
 def partition_for(device_id: str, partitions: int) -> int:
@@ -36,7 +41,9 @@ def ensure_topics(settings: Settings, timeout_s: float = 30.0) -> list[str]:
         _check_partitions(settings, {t: len(existing[t].partitions) for t in wanted})
         return []
     futures = admin.create_topics(
-        [NewTopic(t, num_partitions=settings.kafka_partitions, replication_factor=1) for t in missing],
+        [NewTopic(settings.topic(t), num_partitions=settings.kafka_partitions, replication_factor=1,
+                  config=TOPIC_CONFIG.get(t, {}))
+         for t in ALL_TOPICS if settings.topic(t) in missing],
         operation_timeout=timeout_s,
     )
     for fut in futures.values():

@@ -29,7 +29,7 @@ from meterray.placement import NODE_UNITS
 from meterray.settings import REPO_ROOT, Settings
 from storage.kafka import topics
 from tests.cluster.nodes import RayNode, start_node
-from tests.conftest import SIM_BASE_PORT, wait_for
+from tests.conftest import SIM_BASE_PORT, own_clickhouse, wait_for
 from tests.pipeline.helpers import read_topic, sql
 
 HEAD_PORT = 26600  # GCS; the head's other ports follow it (tests.cluster.nodes)
@@ -72,7 +72,8 @@ def cluster_settings(stores: Settings) -> Iterator[Settings]:
     migrate_database(dsn)
     settings = stores.model_copy(update={"pg_dsn": dsn, "kafka_topic_prefix": f"{stores.kafka_topic_prefix}cl.",
                                          "ray_namespace": f"{stores.ray_namespace}-cluster",
-                                         "connections_per_shard": 1})
+                                         "connections_per_shard": 1,
+                                         "clickhouse_url": own_clickhouse(stores, "clickhouse-cluster")})
     ensure_topics(settings)
     yield settings
     asyncio.run(drop_database(stores.pg_dsn, name))
@@ -153,8 +154,11 @@ def test_a_dead_ingestion_node_is_replaced_by_the_remaining_one(cluster_settings
 
         # The replacements run on the remaining ingestion node (they may be up before Ray has declared
         # the killed node dead: a ping to a killed process fails at once), and Ray does declare it dead.
-        view = _driver(settings, "status")
-        assert set(_placed_on(view).values()) == {b_id}, _placed_on(view)
+        # The device catalog and the ClickHouse writer are not on the meters' path: they may answer later.
+        def all_on_b() -> dict[str, Any] | None:
+            v = _driver(settings, "status")
+            return v if set(_placed_on(v).values()) == {b_id} else None
+        view = wait_for(all_on_b, 60, "every child answering from the remaining node", every_s=2.0)
         wait_for(lambda: a_id not in {n["node_id"] for n in _driver(settings, "status")["nodes"] if n["alive"]},
                  120, "Ray to declare the killed node dead", every_s=2.0)
         assert all(c["restarts"] >= 1 for c in view["status"]["children"].values()), view["status"]["children"]

@@ -15,7 +15,7 @@ from ray.serve.schema import ServeDeploySchema
 from meterray.auth_backends import auth_backends
 from meterray.notify import email_backend
 from meterray.settings import Settings
-from storage.kafka.topics import ALL_TOPICS
+from storage.kafka.topics import ALL_TOPICS, TOPIC_CONFIG
 from tests.k8s.manifests import K8S, OVERLAYS, SCHEMAS, containers, errors, one, render
 
 TARGETS = ["base", *(f"overlays/{o}" for o in OVERLAYS)]
@@ -110,6 +110,9 @@ def test_kafka_topics_are_the_pipelines_topics_with_the_runtimes_partition_count
     kafka = one(objects, "Kafka")
     topics = [o for o in objects if o["kind"] == "KafkaTopic"]
     assert sorted(t["spec"]["topicName"] for t in topics) == sorted(settings.topic(t) for t in ALL_TOPICS)
+    for name, config in TOPIC_CONFIG.items():  # e.g. the compacted `devices` topic: as ensure_topics makes it
+        manifest = next(t for t in topics if t["spec"]["topicName"] == settings.topic(name))
+        assert {k: manifest["spec"].get("config", {}).get(k) for k in config} == config, name
     assert {t["spec"]["partitions"] for t in topics} == {settings.kafka_partitions}
     assert {t["metadata"]["labels"]["strimzi.io/cluster"] for t in topics} == {kafka["metadata"]["name"]}
     pool = one(objects, "KafkaNodePool")

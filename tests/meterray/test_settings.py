@@ -80,3 +80,15 @@ def test_services_script_takes_its_ports_from_the_settings(tmp_path: Path) -> No
     bad = subprocess.run(["bash", str(REPO_ROOT / "scripts" / "services.sh"), "status"],
                          env={**env, "METERRAY_MQTT_PORT": "0"}, capture_output=True, text=True, timeout=60)
     assert bad.returncode != 0 and "METERRAY_MQTT_PORT" in bad.stderr
+
+
+def test_clickhouse_url_is_an_absolute_chdb_directory_or_a_server_and_chdb_has_one_writer() -> None:
+    s = Settings.from_env({"METERRAY_VAR_DIR": "var"})
+    assert s.clickhouse.startswith("chdb:///"), "a relative directory would be read as chdb://<host>/<database>"
+    with pytest.raises(SettingsError, match="METERRAY_CLICKHOUSE_URL must be chdb:///absolute"):
+        Settings.from_env({"METERRAY_CLICKHOUSE_URL": "chdb://var/clickhouse"})
+    with pytest.raises(SettingsError, match="METERRAY_CH_WRITERS > 1 needs a ClickHouse server"):
+        Settings.from_env({"METERRAY_CH_WRITERS": "2"})
+    server = Settings.from_env({"METERRAY_CLICKHOUSE_URL": "http://meterray:secret@ch:8123",
+                                "METERRAY_CH_WRITERS": "2"})
+    assert server.ch_writers == 2 and server.redacted()["clickhouse_url"] == "http://meterray:***@ch:8123"

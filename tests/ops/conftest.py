@@ -16,7 +16,7 @@ from urllib.parse import urlsplit
 import pytest
 
 from meterray.settings import Settings
-from tests.conftest import SIM_BASE_PORT
+from tests.conftest import SIM_BASE_PORT, own_clickhouse
 
 OPS_SIM_PORT = SIM_BASE_PORT + 80  # its control port one below
 
@@ -33,7 +33,8 @@ def ops_runtime(stores: Settings, ray_cluster: None,
     dsn = asyncio.run(recreate_database(stores.pg_dsn, name))
     migrate_database(dsn)
     settings = stores.model_copy(update={"pg_dsn": dsn, "kafka_topic_prefix": f"{stores.kafka_topic_prefix}ops.",
-                                         "ray_namespace": f"{stores.ray_namespace}-ops"})
+                                         "ray_namespace": f"{stores.ray_namespace}-ops",
+                                         "clickhouse_url": own_clickhouse(stores, "clickhouse-ops")})
     ensure_topics(settings)
     manifest_path = tmp_path_factory.mktemp("ops-sim") / "manifest.json"
     proc = start_simulator(settings, 3, 3, OPS_SIM_PORT, manifest_path)

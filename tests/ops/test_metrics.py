@@ -104,7 +104,7 @@ def test_lag_and_device_gauges_carry_the_runtimes_groups_partitions_and_states(o
     lag = [x for x in lag if f'group="{settings.kafka_topic_prefix}' in x]
     groups = {re.search(r'group="([^"]+)"', x)[1] for x in lag}  # type: ignore[index]
     assert groups == {settings.topic("meterray-device-processor"), settings.topic("meterray-pg-writer"),
-                      settings.topic("meterray-notifier")}
+                      settings.topic("meterray-notifier"), settings.topic("meterray-ch-writer")}
     partitions = {re.search(r'partition="([^"]+)"', x)[1] for x in lag}  # type: ignore[index]
     assert partitions == {str(p) for p in range(settings.kafka_partitions)}
     assert _online(found, settings) == len(ops_runtime["manifest"])  # every meter of this pipeline online

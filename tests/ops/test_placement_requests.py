@@ -29,7 +29,7 @@ def test_supervisor_on_the_head_ingestion_actors_and_serve_replicas_by_their_res
             for a in _alive(settings.ray_namespace)}
     assert asks.pop("supervisor") == {HEAD_RESOURCE: 0.001}
     assert {n.rsplit("-", 1)[0] for n in asks} == {"modbus-shard", "device-processor", "pg-writer", "backfill",
-                                                   "notifier"}
+                                                   "notifier", "device-catalog", "ch-writer"}
     assert asks == dict.fromkeys(asks, {"ingestion": 1.0})
 
     # The monitoring application's replica (on the session's Serve, or one started on the run's API port).

@@ -23,7 +23,8 @@ from tests.pipeline.helpers import http, platform_admin, sql
 
 CLASS_OF_ROLE = {"modbus-shard": "ModbusShard", "device-processor": "DeviceProcessor", "pg-writer": "PgWriter",
                  "backfill": "BackfillActor",
-                 "notifier": "Notifier"}
+                 "notifier": "Notifier",
+                 "device-catalog": "DeviceCatalog", "ch-writer": "ChWriter"}
 
 
 def _children(runtime: dict) -> dict[str, dict]:
@@ -96,7 +97,8 @@ def test_runtime_endpoint_shows_actors_assignments_rates_lag_and_device_states(r
     assert {(g["role"], g["topic"]) for g in body["lag"]} == {
         ("device-processor", settings.topic("readings.raw")), ("pg-writer", settings.topic("readings")),
         ("backfill", settings.topic("backfill-requests")),
-        ("notifier", settings.topic("device-events"))}
+        ("notifier", settings.topic("device-events")),
+        ("ch-writer", settings.topic("readings"))}
     assert all(g["lag"] is not None and g["lag"] >= 0 for g in body["lag"]), body["lag"]
     assert sum(body["device_states"].values()) == sum(_device_states(settings.pg_dsn).values())
     assert body["device_states"].get("online", 0) >= 1

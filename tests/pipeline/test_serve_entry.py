@@ -13,7 +13,7 @@ from meterray.app.runtime import migrate_database, stop_ingestion
 from meterray.app.serve_entry import ingestion
 from storage.kafka.topics import ensure_topics
 from storage.postgres.databases import drop_database, recreate_database
-from tests.conftest import wait_for
+from tests.conftest import own_clickhouse, wait_for
 
 APP = "ingestion-entry-test"
 
@@ -25,7 +25,8 @@ def test_deploying_the_ingestion_application_starts_the_supervisor_and_its_actor
     # A runtime of its own: its own database (no connections: nothing polls the simulator twice),
     # namespace and topics.
     args = {"pg_dsn": dsn, "ray_namespace": f"{base.ray_namespace}-serve",
-            "kafka_topic_prefix": f"{base.kafka_topic_prefix}serve.", "kafka_bootstrap": base.kafka_bootstrap}
+            "kafka_topic_prefix": f"{base.kafka_topic_prefix}serve.", "kafka_bootstrap": base.kafka_bootstrap,
+            "clickhouse_url": own_clickhouse(base, "clickhouse-serve")}
     settings = base.model_copy(update=args)
     supervisor = None
     try:
@@ -40,14 +41,16 @@ def test_deploying_the_ingestion_application_starts_the_supervisor_and_its_actor
 
         children = wait_for(ready, 60, "the supervisor's children to answer")
         # and no shard: no connections
-        assert set(children) == {"device-processor-0", "pg-writer-0", "backfill-0", "notifier-0"}
+        assert set(children) == {"device-processor-0", "pg-writer-0", "backfill-0", "notifier-0",
+                                 "device-catalog-0", "ch-writer-0"}
         named = {a.name: a.class_name
                  for a in list_actors(address=ray.get_runtime_context().gcs_address,
                                       filters=[("state", "=", "ALIVE")], limit=1000)
                  if a.ray_namespace == settings.ray_namespace}
         assert named == {"supervisor": "Supervisor", "device-processor-0": "DeviceProcessor", "pg-writer-0": "PgWriter",
                          "backfill-0": "BackfillActor",
-                         "notifier-0": "Notifier"}
+                         "notifier-0": "Notifier",
+                         "device-catalog-0": "DeviceCatalog", "ch-writer-0": "ChWriter"}
         assert serve.status().applications[APP].status == "RUNNING"
         # The runtime of the session's own namespace is another supervisor, untouched.
         assert ray.get(runtime["supervisor"].status.remote())["pid"] != ray.get(supervisor.status.remote())["pid"]

@@ -1,0 +1,1 @@
+"""The analytics copy in ClickHouse: schema, writes and aggregate queries (clickhouse-connect, chdb:// or http://)."""
