@@ -363,7 +363,8 @@ def test_postgres_stopped_for_60s_loses_no_slot(runtime: dict, stoppable: list[s
     print(f"postgres: API answered {time.monotonic() - t0:.1f}s after the check")
     assert status
     body = http("GET", f"{api}/api/v1/devices/{meters[0].device_id}/readings?quantity={meters[0].quantities[0]}"
-                       f"&from={_dt(down_ms).isoformat()}&to={_dt(up_ms).isoformat()}&limit=1000".replace("+", "%2B"))
+                       f"&from={_dt(down_ms).isoformat()}&to={_dt(up_ms).isoformat()}&limit=1000".replace("+", "%2B"),
+                headers=platform_admin())
     assert body[0] == 200, body
     assert len(body[1]["readings"]) >= (up_ms - down_ms) // INTERVAL_MS - 1  # the outage's slots, via the API
     print(f"postgres: children restarted during the outage: {_restarted_since(runtime, restarts_before)}")
