@@ -124,7 +124,7 @@ def customer(browser: Browser, base: str, runtime: dict) -> dict:
     simulated meter; another simulated meter belongs to another organisation."""
     ctx = browser.new_context(base_url=base, locale="ru-RU", timezone_id="Europe/Moscow")
     page = ctx.new_page()
-    _signup(page, valid_inn(9001), EMAIL, PASSWORD, "ЭС-2026/17")
+    _signup(page, valid_inn(9301), EMAIL, PASSWORD, "ЭС-2026/17")
     expect(page).to_have_url(re.compile(r"/$"))
     expect(page.locator(".who")).to_contain_text(EMAIL)
     ctx.close()
@@ -301,7 +301,7 @@ def test_a_thousand_meters_page_by_page(browser: Browser, base: str, runtime: di
     ctx = browser.new_context(base_url=base, locale="ru-RU", timezone_id="Europe/Moscow")
     page = ctx.new_page()
     email = "fleet@set.example"
-    _signup(page, valid_inn(9002), email, PASSWORD, "ЭС-1000")
+    _signup(page, valid_inn(9302), email, PASSWORD, "ЭС-1000")
     expect(page).to_have_url(re.compile(r"/$"))
     dsn = runtime["settings"].pg_dsn
     org = sql(dsn, "SELECT organisation_id FROM auth.users WHERE email = $1", email)[0]["organisation_id"]
