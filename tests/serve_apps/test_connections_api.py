@@ -26,7 +26,7 @@ from tests.auth_headers import bearer
 from tests.conftest import SIM_BASE_PORT, wait_for
 from tests.pipeline.helpers import sql
 
-SIM_PORT = SIM_BASE_PORT + 46  # this module's simulator: 2 meters behind one port (control port one below; +50.. are the fakes)
+SIM_PORT = SIM_BASE_PORT + 46  # this module's simulator, 2 meters on one port (control one below; +50.. are the fakes)
 CLOSED_PORT = SIM_BASE_PORT + 48  # nothing listens here
 ORG_A, ORG_B = uuid.uuid4(), uuid.uuid4()
 ENERGY = "1-0:1.8.0"
