@@ -31,6 +31,8 @@ _FATAL_CODES = {
     KafkaError.FENCED_INSTANCE_ID,  # another member took our group.instance.id: we are the stale one
 }
 
+COMMIT_ATTEMPTS = 3  # a commit that timed out or met a loading coordinator is tried again, then raised
+
 
 CLOSE_TIMEOUT_S = 10.0
 
@@ -238,11 +240,19 @@ class AsyncConsumer:
                 last[key] = max(offset, last.get(key, -1))
         if last:
             offsets = [TopicPartition(t, p, o + 1) for (t, p), o in last.items()]
-            try:
-                await asyncio.to_thread(self._consumer.commit, offsets=offsets, asynchronous=False)
-            except KafkaException as err:
-                if err.args[0].code() != KafkaError._NO_OFFSET:
-                    raise
+            for attempt in range(COMMIT_ATTEMPTS):
+                try:
+                    await asyncio.to_thread(self._consumer.commit, offsets=offsets, asynchronous=False)
+                    return
+                except KafkaException as err:
+                    code = err.args[0].code()
+                    if code == KafkaError._NO_OFFSET:
+                        return
+                    # A coordinator still loading or slow to answer: committing the same offsets again is
+                    # harmless, and the caller's batch is already in its sink.
+                    if attempt + 1 == COMMIT_ATTEMPTS or not (err.args[0].retriable() or code == KafkaError._TIMED_OUT):
+                        raise
+                await asyncio.sleep(0.5 * (attempt + 1))
 
     def member_id(self) -> str | None:
         return self._consumer.memberid()

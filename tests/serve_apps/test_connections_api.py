@@ -310,7 +310,7 @@ def test_a_meter_added_over_http_reports_to_postgres_and_stops_when_deleted(runt
         wait_for(lambda: len(latest()) == len(ids), 60, "the meters added over HTTP to have readings in PostgreSQL")
         print(f"\nadded over HTTP → first readings of every meter in PostgreSQL in {time.monotonic() - created:.1f} s")
         # The monitoring API lists them, with their health.
-        status, device = call("GET", f"{api}/api/v1/devices/{ids[0]}/readings/current", None)
+        status, device = call("GET", f"{api}/api/v1/devices/{ids[0]}/readings/current", t["a"])
         assert status == 200, device
     finally:
         assert call("DELETE", f"{url}/{cid}", t["a"])[0] == 204
