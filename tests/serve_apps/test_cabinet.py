@@ -12,84 +12,28 @@ import urllib.error
 import urllib.parse
 import urllib.request
 import uuid
-from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime, timedelta, timezone
-from pathlib import Path
 
 import asyncpg
 import pytest
-from playwright.sync_api import Browser, BrowserContext, Page, expect, sync_playwright
+from playwright.sync_api import Browser, BrowserContext, Page, expect
 
 from storage.postgres.readings import ReadingsWriter
 from tests.conftest import wait_for
 from tests.fakes import valid_inn
-from tests.pipeline.helpers import sql as _sql
+from tests.serve_apps.cabinet_browser import PASSWORD, login, new_context, shot, signed_up, signup, sql
 from tests.storage.archive_rows import row
 
-CHROMIUM = "/usr/bin/chromium"  # Debian's package (scripts/system-deps.sh); Playwright's own download is not used
-SHOTS = Path(__file__).resolve().parents[2] / "var" / "screenshots"
-PASSWORD = "Синий-кит-плывёт 7"
-EMAIL = "energo@zavod.example"
 HISTORY = "cab-history-1"  # a meter with three days of archive (written here), owned by the customer
+EMAIL = "energo@zavod.example"
 KWH_PER_MIN = 0.1  # its steady consumption: 6 kWh an hour, 144 kWh a day
 ENERGY = "1-0:1.8.0"
 THOUSAND = re.compile(r"1[\u00a0\u202f ]000")  # 1,000 as Russian writes it: digits grouped by a (no-break) space
 
 
-def sql(dsn: str, query: str, *args: object) -> list[asyncpg.Record]:
-    """The SQL helper in a thread of its own: Playwright's sync API keeps an event loop running in this one."""
-    with ThreadPoolExecutor(1) as pool:
-        return pool.submit(_sql, dsn, query, *args).result()
-
-
-@pytest.fixture(scope="module")
-def base(runtime: dict) -> str:
-    return str(runtime["api"])
-
-
-@pytest.fixture(scope="module")
-def browser() -> Iterator[Browser]:
-    with sync_playwright() as p:
-        b = p.chromium.launch(executable_path=CHROMIUM, headless=True)
-        yield b
-        b.close()
-
-
-@pytest.fixture
-def context(browser: Browser, base: str) -> Iterator[BrowserContext]:
-    # The Moscow time zone and a Russian browser: the cabinet's default language, dates in the user's zone.
-    ctx = browser.new_context(base_url=base, locale="ru-RU", timezone_id="Europe/Moscow",
-                              viewport={"width": 1280, "height": 900})
-    ctx.set_default_timeout(30_000)
-    yield ctx
-    ctx.close()
-
-
-@pytest.fixture
-def page(context: BrowserContext) -> Page:
-    return context.new_page()
-
-
-def shot(page: Page, name: str) -> None:
-    SHOTS.mkdir(parents=True, exist_ok=True)
-    page.screenshot(path=str(SHOTS / f"{name}.png"), full_page=True)
-
-
-def _signup(page: Page, inn: str, email: str, password: str, contract: str) -> None:
-    page.goto("/signup")
-    page.get_by_label("ИНН организации или ИП").fill(inn)
-    page.get_by_label("Электронная почта (логин)").fill(email)
-    page.get_by_label("Пароль", exact=True).fill(password)
-    page.get_by_label("Номер договора энергоснабжения").fill(contract)
-    page.get_by_role("button", name="Зарегистрироваться").click()
-
-
 def _login(page: Page, email: str = EMAIL, password: str = PASSWORD) -> None:
-    page.goto("/login")
-    page.get_by_label("Электронная почта").fill(email)
-    page.get_by_label("Пароль").fill(password)
-    page.get_by_role("button", name="Войти").click()
+    login(page, email, password)
 
 
 def _write_history(dsn: str, device_id: str, organisation_id: uuid.UUID) -> None:
@@ -122,14 +66,8 @@ def _write_history(dsn: str, device_id: str, organisation_id: uuid.UUID) -> None
 def customer(browser: Browser, base: str, runtime: dict) -> dict:
     """A customer organisation signed up through the cabinet's form, owning the history meter and one
     simulated meter; another simulated meter belongs to another organisation."""
-    ctx = browser.new_context(base_url=base, locale="ru-RU", timezone_id="Europe/Moscow")
-    page = ctx.new_page()
-    _signup(page, valid_inn(9301), EMAIL, PASSWORD, "ЭС-2026/17")
-    expect(page).to_have_url(re.compile(r"/$"))
-    expect(page.locator(".who")).to_contain_text(EMAIL)
-    ctx.close()
     dsn = runtime["settings"].pg_dsn
-    org = sql(dsn, "SELECT organisation_id FROM auth.users WHERE email = $1", EMAIL)[0]["organisation_id"]
+    org = signed_up(browser, base, dsn, 9301, EMAIL, "ЭС-2026/17")
     manifest = runtime["manifest"]
     live, foreign = manifest[0]["device_id"], manifest[1]["device_id"]
     sql(dsn, "UPDATE devices.devices SET organisation_id = $1 WHERE id = $2", org, live)
@@ -141,7 +79,7 @@ def customer(browser: Browser, base: str, runtime: dict) -> dict:
 
 
 def test_signup_with_a_bad_inn_shows_the_error_next_to_the_field(page: Page, runtime: dict) -> None:
-    _signup(page, "7707083894", "someone@example.ru", PASSWORD, "ЭС-1")  # a wrong check digit
+    signup(page, "7707083894", "someone@example.ru", PASSWORD, "ЭС-1")  # a wrong check digit
     inn = page.locator("#f-inn")
     expect(inn).to_have_attribute("aria-invalid", "true")
     expect(page.locator("#e-inn")).to_contain_text("Неверный ИНН")
@@ -298,10 +236,10 @@ def test_another_organisations_device_is_not_found(page: Page, customer: dict) -
 
 def test_a_thousand_meters_page_by_page(browser: Browser, base: str, runtime: dict) -> None:
     """An organisation with 1,000 meters: the list counts them, shows a page at a time and pages on."""
-    ctx = browser.new_context(base_url=base, locale="ru-RU", timezone_id="Europe/Moscow")
+    ctx = new_context(browser, base)
     page = ctx.new_page()
     email = "fleet@set.example"
-    _signup(page, valid_inn(9302), email, PASSWORD, "ЭС-1000")
+    signup(page, valid_inn(9302), email, PASSWORD, "ЭС-1000")
     expect(page).to_have_url(re.compile(r"/$"))
     dsn = runtime["settings"].pg_dsn
     org = sql(dsn, "SELECT organisation_id FROM auth.users WHERE email = $1", email)[0]["organisation_id"]
