@@ -13,6 +13,8 @@ from typing import Self
 
 import aiohttp
 
+from protocols.http.client import retry_after_s
+
 
 class UpstreamError(Exception):
     """A provider failure: nothing is known about the thing asked for. `retriable`: the same request may
@@ -49,17 +51,8 @@ class InvalidRequest(UpstreamError):
     """The provider refuses what we asked (a malformed value): the caller's input, not an outage."""
 
 
-def retry_after(headers: Mapping[str, str]) -> float | None:
-    """RFC 9110 §10.2.3 Retry-After in seconds (the HTTP-date form is not used by these services)."""
-    value = headers.get("Retry-After")
-    try:
-        return max(0.0, float(value)) if value is not None else None
-    except ValueError:
-        return None
-
-
 class UpstreamClient:
-    """One lazily opened aiohttp session and the one GET every call of these services is: the body of a
+    """One lazily opened aiohttp session and the one request every call of these services is: the body of a
     200 answer, or a typed error (a provider's own error answer through `provider_error`)."""
 
     def __init__(self, service: str, provider_error: Callable[[int, bytes, float | None], UpstreamError], *,
@@ -89,13 +82,21 @@ class UpstreamClient:
 
     async def get(self, url: str, params: Mapping[str, str], too_large: str) -> bytes:
         """The body of `GET url?params`; `too_large` says what an answer over the size limit cannot be."""
+        return await self._request("GET", url, too_large, params=params)
+
+    async def post(self, url: str, body: bytes, too_large: str, headers: Mapping[str, str] | None = None) -> bytes:
+        """The body of `POST url` with `body` (and these headers besides the client's own)."""
+        return await self._request("POST", url, too_large, data=body, headers=headers)
+
+    async def _request(self, method: str, url: str, too_large: str, *, params: Mapping[str, str] | None = None,
+                       data: bytes | None = None, headers: Mapping[str, str] | None = None) -> bytes:
         try:
-            async with self._http().get(url, params=params) as resp:
+            async with self._http().request(method, url, params=params, data=data, headers=headers) as resp:
                 raw = await resp.content.read(self._max_body + 1)
                 if len(raw) > self._max_body:
                     raise Unavailable(self._service, too_large)
                 if resp.status != 200:
-                    raise self._provider_error(resp.status, raw, retry_after(resp.headers))
+                    raise self._provider_error(resp.status, raw, retry_after_s(resp.headers.get("Retry-After")))
         except (aiohttp.ClientError, asyncio.TimeoutError) as err:
             # The type only: aiohttp's texts quote the URL, which may hold the key (api-fns takes it in the query).
             raise Unavailable(self._service, f"no answer ({type(err).__name__})") from None
