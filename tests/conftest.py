@@ -23,15 +23,16 @@ os.environ.setdefault("RAY_AUTH_MODE", "disabled")
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 
 from meterray.settings import Settings  # noqa: E402
+from tests.ports import BASE as SIM_BASE_PORT  # noqa: E402  (every test port: tests/ports.py)
+from tests.ports import port  # noqa: E402
 
 RUN_ID = uuid.uuid4().hex[:8]
-SIM_BASE_PORT = int(os.environ.get("METERRAY_TEST_SIM_PORT", "16020"))
 SIM_PORTS, SIM_UNITS = 4, 3  # 12 simulated meters behind 4 TCP endpoints
 POLL_INTERVAL_S = 1.0
 # The fake Unisender Go of the notification tests (simulators/fake_unisender.py): the runtime's notifier
 # sends there; nothing listens unless a test started it, and nothing is sent unless a test's devices
 # belong to an organisation with users.
-UNISENDER_PORT = SIM_BASE_PORT + 8  # in this checkout's block of ten ports (other checkouts' start ten apart)
+UNISENDER_PORT = port("unisender")
 UNISENDER_KEY = "unisender-test-key-7e3b91c4d2"
 
 
@@ -166,15 +167,15 @@ def wait_for(check: Callable[[], object], timeout_s: float, what: str, every_s: 
 
 # Partner HTTP API simulators (simulators/partner_api.py), each its own process; one for steady
 # streams, one whose faults (slow pages, 429, 500, token expiry, device status) tests switch on.
-PARTNER_SIM_PORT = SIM_BASE_PORT + 80
-PARTNER_SIM_PORT_2 = SIM_BASE_PORT + 81
+PARTNER_SIM_PORT = port("partner-sim")
+PARTNER_SIM_PORT_2 = port("partner-sim-2")
 
 
-def _partner_sim(settings: Settings, port: int, devices: int) -> Iterator[str]:
+def _partner_sim(settings: Settings, listen: int, devices: int) -> Iterator[str]:
     from simulators import partner_api
 
-    proc = partner_api.start(port, devices, 1.0, settings.var_dir / "log" / f"partner-sim-{port}.log")
-    yield f"http://127.0.0.1:{port}"
+    proc = partner_api.start(listen, devices, 1.0, settings.var_dir / "log" / f"partner-sim-{listen}.log")
+    yield f"http://127.0.0.1:{listen}"
     os.killpg(proc.pid, signal.SIGTERM)
     proc.wait(timeout=10)
 

@@ -1,15 +1,14 @@
-"""The fake external services (simulators/fake_fns.py, fake_gkh.py) for tests, on ports of their own:
-METERRAY_TEST_SIM_PORT + 50 and up (the Modbus simulator takes the ports just above and below it)."""
+"""The fake external services (simulators/fake_fns.py, fake_gkh.py) for tests, on ports of their own
+(tests/ports.py)."""
 from __future__ import annotations
 
-import os
 from collections.abc import Iterator
 from contextlib import contextmanager
 
 from simulators.fake_fns import FakeFns, FnsFault, entrepreneur, legal_entity
 from simulators.fake_gkh import FakeGkh, GkhFault, contract
+from tests.ports import port
 
-FAKE_BASE_PORT = int(os.environ.get("METERRAY_TEST_SIM_PORT", "16020")) + 50
 FNS_KEY = "fns-test-key-4f1d9c2e7b"  # must never appear in a log or an error text
 GKH_KEY = "gkh-test-key-8a6e0b3d51"
 
@@ -42,10 +41,10 @@ def populate_gkh(gkh: FakeGkh) -> None:
 
 
 @contextmanager
-def running_fakes(offset: int) -> Iterator[tuple[FakeFns, FakeGkh]]:
-    """Both fakes on FAKE_BASE_PORT + offset and + offset + 1, populated, with no fault."""
-    fns = FakeFns(FAKE_BASE_PORT + offset, FNS_KEY)
-    gkh = FakeGkh(FAKE_BASE_PORT + offset + 1, GKH_KEY)
+def running_fakes(ports: str) -> Iterator[tuple[FakeFns, FakeGkh]]:
+    """Both fakes on the two ports of tests/ports.py's entry `ports`, populated, with no fault."""
+    fns = FakeFns(port(ports), FNS_KEY)
+    gkh = FakeGkh(port(ports) + 1, GKH_KEY)
     populate_fns(fns)
     populate_gkh(gkh)
     fns.start()

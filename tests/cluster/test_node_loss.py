@@ -29,13 +29,14 @@ from meterray.placement import NODE_UNITS
 from meterray.settings import REPO_ROOT, Settings
 from storage.kafka import topics
 from tests.cluster.nodes import RayNode, start_node
-from tests.conftest import SIM_BASE_PORT, own_clickhouse, wait_for
+from tests.conftest import own_clickhouse, wait_for
 from tests.pipeline.helpers import read_topic, sql
+from tests.ports import port
 
 HEAD_PORT = 26600  # GCS; the head's other ports follow it (tests.cluster.nodes)
 WORKER_PORTS = {"head": (26700, 26739), "ingest-a": (26740, 26799), "ingest-b": (26800, 26859)}
 BASE_PORTS = {"head": HEAD_PORT, "ingest-a": 26620, "ingest-b": 26640}
-SIM_PORT = SIM_BASE_PORT + 60  # a simulator of this module's own: 6 meters behind 2 TCP ports
+SIM_PORT = port("node-loss-sim")  # a simulator of this module's own: 6 meters behind 2 TCP ports
 METERS, UNITS = 6, 3
 # Measured on this 2-core machine under other engineers' load (5 runs): 7.5, 11.6, 17.9, 18.2, 40.5 s from
 # the kill until every meter had a reading stamped after it. The supervisor's ping to a killed actor fails

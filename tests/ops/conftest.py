@@ -16,9 +16,10 @@ from urllib.parse import urlsplit
 import pytest
 
 from meterray.settings import Settings
-from tests.conftest import SIM_BASE_PORT, own_clickhouse
+from tests.conftest import own_clickhouse
+from tests.ports import port
 
-OPS_SIM_PORT = SIM_BASE_PORT + 80  # its control port one below
+OPS_SIM_PORT = port("ops-sim")  # its control port one below
 
 
 @pytest.fixture(scope="package")

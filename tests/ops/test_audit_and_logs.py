@@ -18,11 +18,12 @@ from meterray.settings import Settings
 from storage.kafka import topics
 from storage.postgres import devices as device_repo
 from storage.postgres.mqtt import delete_mqtt_connections, save_mqtt_connections
-from tests.conftest import SIM_BASE_PORT, wait_for
+from tests.conftest import wait_for
 from tests.pipeline.helpers import db, read_topic
+from tests.ports import port
 
 PROBE = "audit-probe"
-CLOSED_PORT = SIM_BASE_PORT + 79  # nothing listens here: the probe's polls are refused, which is fine
+CLOSED_PORT = port("audit-closed")  # nothing listens here: the probe's polls are refused, which is fine
 
 
 def _events(settings: Settings) -> list[dict[str, Any]]:

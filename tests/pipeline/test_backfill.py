@@ -26,12 +26,13 @@ from simulators import partner_api
 from storage.kafka import backfill, codec, topics
 from storage.kafka.producer import AsyncProducer
 from storage.postgres.readings import ReadingsWriter
-from tests.conftest import SIM_BASE_PORT, wait_for
+from tests.conftest import wait_for
 from tests.partner_docs import ENERGY, expected_kwh, partner, readings_path
 from tests.pipeline.helpers import db, http, platform_admin, read_topic, sql
+from tests.ports import port
 from tests.storage.archive_rows import row
 
-PORT = SIM_BASE_PORT + 83  # a partner simulator of this module's own, with a reading per minute
+PORT = port("backfill-partner")  # a partner simulator of this module's own, with a reading per minute
 PID, METER = "bfe", "m-0001"
 DEVICE = f"{PID}-{METER}"
 MIN = timedelta(minutes=1)

@@ -33,13 +33,14 @@ from storage.kafka import codec, topics
 from storage.kafka.producer import AsyncProducer
 from storage.postgres import devices as device_repo
 from tests.auth_headers import bearer
-from tests.conftest import POLL_INTERVAL_S, SIM_BASE_PORT, UNISENDER_KEY, UNISENDER_PORT, wait_for
+from tests.conftest import POLL_INTERVAL_S, UNISENDER_KEY, UNISENDER_PORT, wait_for
 from tests.fakes import valid_inn
 from tests.pipeline.helpers import sql
+from tests.ports import port
 
 # Inside this checkout's own block of ten ports (the session simulator takes base - 1 .. base + 3; other
 # checkouts' blocks start ten apart): control port base + 5, the meters' port base + 6.
-OWN_SIM_PORT = SIM_BASE_PORT + 6
+OWN_SIM_PORT = port("notifications-sim")
 PREFIX = "notify-"
 S = DeviceStatus
 

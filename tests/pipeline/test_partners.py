@@ -18,6 +18,7 @@ from meterray.settings import Settings
 from tests.conftest import wait_for
 from tests.partner_docs import ENERGY, expected_kwh, meters, partner, readings_path
 from tests.pipeline.helpers import all_devices, http, platform_admin, sql
+from tests.ports import port
 
 COMBOS = [("json", "none"), ("json", "page"), ("json", "offset"), ("json", "cursor"), ("json", "link"),
           ("csv", "page"), ("csv", "offset"), ("csv", "cursor"), ("csv", "link"),
@@ -256,10 +257,9 @@ def test_the_demos_two_partners_stream_readings_and_status(runtime: dict) -> Non
     import signal
 
     from meterray.app.demo_partners import start_demo_partners
-    from tests.conftest import SIM_BASE_PORT
 
     settings, api = runtime["settings"], runtime["api"]
-    proc = start_demo_partners(settings, SIM_BASE_PORT + 82)
+    proc = start_demo_partners(settings, port("demo-partners"))
     try:
         status, body = http("GET", f"{api}/api/v1/partners", headers=platform_admin())
         assert status == 200 and {"acme", "volta"} <= {p["partner_id"] for p in body["partners"]}

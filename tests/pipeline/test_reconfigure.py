@@ -24,11 +24,12 @@ from meterray.domain import DeviceSpec, ModbusConnection
 from meterray.settings import Settings
 from protocols.modbus.profiles import PROFILES
 from storage.postgres import devices as device_repo
-from tests.conftest import POLL_INTERVAL_S, SIM_BASE_PORT, wait_for
+from tests.conftest import POLL_INTERVAL_S, wait_for
 from tests.pipeline.helpers import all_devices, db, sql
+from tests.ports import port
 
 ENERGY = "1-0:1.8.0"
-EXTRA_BASE_PORT = SIM_BASE_PORT + 40  # control port one below
+EXTRA_BASE_PORT = port("reconfigure-sim")  # control port one below
 EXTRA_PREFIX = "extra-"
 FIRST_REPORT_BOUND_S = 30.0  # registration → first reading in PostgreSQL, on this busy 2-core machine
 SLOT_MS = int(POLL_INTERVAL_S * 1000)

@@ -11,7 +11,7 @@ from tests.fakes import FnsFault, GkhFault, running_fakes
 
 @pytest.fixture(scope="session")
 def fakes() -> Iterator[tuple[FakeFns, FakeGkh]]:
-    with running_fakes(offset=0) as both:
+    with running_fakes("fakes-protocols") as both:
         yield both
 
 

@@ -23,11 +23,12 @@ from meterray.identity import Role
 from meterray.settings import Settings
 from protocols.modbus.profiles import PROFILES
 from tests.auth_headers import bearer
-from tests.conftest import SIM_BASE_PORT, wait_for
+from tests.conftest import wait_for
 from tests.pipeline.helpers import sql
+from tests.ports import port
 
-SIM_PORT = SIM_BASE_PORT + 46  # this module's simulator, 2 meters on one port (control one below; +50.. are the fakes)
-CLOSED_PORT = SIM_BASE_PORT + 48  # nothing listens here
+SIM_PORT = port("connections-sim")  # this module's simulator, 2 meters on one port
+CLOSED_PORT = port("connections-closed")  # nothing listens here
 ORG_A, ORG_B = uuid.uuid4(), uuid.uuid4()
 ENERGY = "1-0:1.8.0"
 

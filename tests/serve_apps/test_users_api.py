@@ -86,7 +86,7 @@ class Api:
 
 @pytest.fixture(scope="module")
 def fakes() -> Iterator[tuple[FakeFns, FakeGkh]]:
-    with running_fakes(offset=10) as both:
+    with running_fakes("fakes-users") as both:
         yield both
 
 

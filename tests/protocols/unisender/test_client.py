@@ -13,10 +13,10 @@ from protocols.unisender.client import UnisenderClient
 from protocols.unisender.wire import Email, WebhookError, parse_error, status_events, verify
 from protocols.upstream import BadKey, InvalidRequest, QuotaExhausted, RateLimited, Unavailable
 from simulators.fake_unisender import FakeUnisender, UnisenderFault
-from tests.conftest import SIM_BASE_PORT
+from tests.ports import port
 
 KEY = "unisender-client-test-key-5c2a"
-PORT = SIM_BASE_PORT + 4  # in this checkout's block of ten ports (the session simulator ends at + 3)
+PORT = port("unisender-client")
 
 
 @pytest.fixture(scope="module")
