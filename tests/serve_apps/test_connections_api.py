@@ -8,8 +8,6 @@ import json
 import os
 import signal
 import time
-import urllib.error
-import urllib.request
 import uuid
 from collections.abc import Iterator
 from datetime import datetime, timedelta, timezone
@@ -24,7 +22,7 @@ from meterray.settings import Settings
 from protocols.modbus.profiles import PROFILES
 from tests.auth_headers import bearer
 from tests.conftest import wait_for
-from tests.pipeline.helpers import sql
+from tests.pipeline.helpers import http, sql
 from tests.ports import port
 
 SIM_PORT = port("connections-sim")  # this module's simulator, 2 meters on one port
@@ -34,14 +32,7 @@ ENERGY = "1-0:1.8.0"
 
 
 def call(method: str, url: str, headers: dict[str, str] | None, body: Any = None) -> tuple[int, Any]:
-    data = None if body is None else json.dumps(body).encode()
-    req = urllib.request.Request(url, data=data, method=method,
-                                 headers={"Content-Type": "application/json", **(headers or {})})
-    try:
-        with urllib.request.urlopen(req, timeout=60) as resp:
-            return resp.status, json.loads(resp.read() or b"null")
-    except urllib.error.HTTPError as err:
-        return err.code, json.loads(err.read() or b"null")
+    return http(method, url, body, headers, timeout_s=60)  # a dry run waits for a meter's timeout
 
 
 @pytest.fixture(scope="module")
