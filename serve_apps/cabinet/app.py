@@ -5,7 +5,7 @@ It is served by the monitoring application's ingress (Serve routes one prefix pe
 owns `/`): `mount_cabinet(api)` adds its routes and static files, `configure_cabinet(settings)` runs in the
 replica. Logins, registrations and refreshes go through the users service's own functions, in-process, so
 the rules (checks, throttling, rotation with reuse detection) are the API's; see session.py for cookies and
-CSRF. Pages for services that do not exist yet (notifications, recommendations, administration) are in the
+CSRF. The admin pages are admin.py. Pages for services that do not exist yet (notifications, recommendations) are in the
 navigation and render a placeholder page: their templates are where those pages go.
 """
 from __future__ import annotations
@@ -28,7 +28,7 @@ from meterray.domain import DeviceStatus
 from meterray.intervals import Size
 from meterray.quantities import QUANTITIES
 from meterray.settings import Settings
-from serve_apps.cabinet import data
+from serve_apps.cabinet import admin_data, data
 from serve_apps.cabinet.i18n import LANGUAGES, UserLocale, user_locale
 from serve_apps.cabinet.session import (
     LANG_COOKIE,
@@ -65,7 +65,7 @@ SECURITY_HEADERS = {
 # Navigation: (key, path, available). Entries of services other issues build are in place and say "soon".
 NAV = (("nav.dashboard", "/", True), ("nav.devices", "/devices", True),
        ("nav.notifications", "/notifications", False), ("nav.recommendations", "/recommendations", False),
-       ("nav.admin", "/admin", False))
+       ("nav.admin", "/admin", True))
 
 templates = Jinja2Templates(directory=str(HERE / "templates"))
 router = APIRouter(include_in_schema=False)
@@ -81,6 +81,7 @@ def configure_cabinet(settings: Settings) -> None:
 
 FORM_PATHS = ("/login", "/signup", "/logout")
 MAX_FORM_BYTES = 16 * 1024  # a sign-up is a few hundred bytes
+MAX_ADMIN_FORM_BYTES = 256 * 1024  # the admin pages' forms: a pasted partner payload (admin.MAX_SAMPLE_CHARS)
 
 
 class _LimitForms:
@@ -91,10 +92,12 @@ class _LimitForms:
         self.app = app
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] == "http" and scope["method"] == "POST" and scope["path"] in FORM_PATHS:
+        admin = scope["type"] == "http" and scope["path"].startswith("/admin/")
+        if scope["type"] == "http" and scope["method"] == "POST" and (scope["path"] in FORM_PATHS or admin):
+            limit = MAX_ADMIN_FORM_BYTES if admin else MAX_FORM_BYTES
             length = dict(scope["headers"]).get(b"content-length", b"")
-            if not length.isdigit() or int(length) > MAX_FORM_BYTES:
-                response = PlainTextResponse(f"a form of at most {MAX_FORM_BYTES} bytes, with its length",
+            if not length.isdigit() or int(length) > limit:
+                response = PlainTextResponse(f"a form of at most {limit} bytes, with its length",
                                              status_code=413)
                 await response(scope, receive, send)
                 return
@@ -109,6 +112,10 @@ def mount_cabinet(api: FastAPI) -> None:
     api.add_exception_handler(LoginRequired, _to_login)  # type: ignore[arg-type]
     api.add_exception_handler(Refreshed, _refreshed)  # type: ignore[arg-type]
     api.add_exception_handler(data.NotVisible, _not_found)  # type: ignore[arg-type]
+    # The admin pages (admin.py) use this module's page helpers: imported here, once this module is loaded.
+    from serve_apps.cabinet.admin import admin_router, forbidden
+    api.include_router(admin_router)
+    api.add_exception_handler(admin_data.Denied, forbidden)  # type: ignore[arg-type]
 
 
 # ---- helpers
@@ -142,8 +149,10 @@ async def _viewer(request: Request, db: Db, settings: Settings) -> Viewer:
 def _page(request: Request, settings: Settings, name: str, status: int = 200, viewer: Viewer | None = None,
           **context: Any) -> HTMLResponse:
     loc = _loc(request, settings)
+    # "admin" is in the navigation of those whose role opens an admin section (meterray.access).
+    nav = [n for n in NAV if n[1] != "/admin" or (viewer is not None and admin_data.sections(viewer))]
     response = templates.TemplateResponse(request, name, {
-        "loc": loc, "t": loc.t, "nav": NAV, "path": request.url.path, "viewer": viewer, "here": _here(request),
+        "loc": loc, "t": loc.t, "nav": nav, "path": request.url.path, "viewer": viewer, "here": _here(request),
         "statuses": [s.value for s in DeviceStatus], **context}, status_code=status)
     response.headers.update(SECURITY_HEADERS)
     return response
@@ -173,7 +182,8 @@ async def _refreshed(request: Request, exc: Refreshed) -> Response:
 async def _not_found(request: Request, exc: data.NotVisible) -> Response:
     if request.url.path.startswith("/chart/"):
         return JSONResponse({"detail": "no such device"}, status_code=404)
-    return _page(request, get_settings(), "not_found.html", status=404)
+    admin = request.url.path.startswith("/admin/")  # a connection, partner or user, not a device
+    return _page(request, get_settings(), "not_found.html", status=404, what="admin" if admin else "device")
 
 
 def _origin_refused(request: Request, settings: Settings, template: str, **context: Any) -> HTMLResponse | None:
@@ -379,11 +389,10 @@ async def archive_chart(device_id: str, request: Request, db: Db, settings: AppS
     return JSONResponse(data.chart_series(body), headers={"Cache-Control": "no-store"})
 
 
-# Pages other services fill (notifications, forecasts and recommendations, administration): in the navigation
+# Pages other services fill (notifications, forecasts and recommendations): in the navigation
 # now, saying what will be there; each has its template (templates/<name>.html) to build on.
 @router.get("/notifications")
 @router.get("/recommendations")
-@router.get("/admin")
 async def coming(request: Request, db: Db, settings: AppSettings) -> HTMLResponse:
     viewer = await _viewer(request, db, settings)
     name = request.url.path.strip("/")
