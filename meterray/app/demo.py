@@ -211,14 +211,16 @@ def demo(settings: Settings, meters: int, interval_s: float, history_days: int |
         partner_sim = start_demo_partners(settings)
         print(f"partners: acme (JSON, OAuth2, cursor) and volta (CSV, API key, pages; device status) from the "
               f"partner simulator on http://127.0.0.1:{PARTNER_SIM_PORT}; see /api/v1/partners", flush=True)
-        print(register_demo_mqtt(settings), flush=True)
+        mqtt_help = register_demo_mqtt(settings)
         days = settings.demo_history_days if history_days is None else history_days
         fdays = settings.demo_forecast_days if forecast_days is None else forecast_days
         backfill = DemoHistory(settings, meters_of(json.loads(manifest.read_text())), days, fdays,
                                progress=lambda line: print(line, flush=True))
         if days or fdays:  # before the pollers start: Kafka keeps each meter's history ahead of its live polls
             backfill.produce()
-        return run_until_interrupted(settings, started=started, logins=lambda api: login_help(settings, identity, api),
+        # The URLs, the logins and the MQTT example come last, together, once the history is in.
+        return run_until_interrupted(settings, started=started,
+                                     logins=lambda api: login_help(settings, identity, api) + f"  {mqtt_help}\n",
                                      ready=backfill.land_and_train)
     finally:
         os.killpg(sim.pid, signal.SIGTERM)
