@@ -111,3 +111,4 @@ def test_the_history_lands_in_the_archive_and_the_clickhouse_copy_once(runtime: 
     assert later.produce().readings == 2 * len(METERS)
     later.land_and_train()
     assert all(n == slots + 2 for n, _, _ in _archive(settings).values())
+    print("\n".join(said))  # the figures, for whoever runs it with -s
