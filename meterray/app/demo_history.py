@@ -25,6 +25,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Any
+from zoneinfo import ZoneInfo
 
 import asyncpg
 
@@ -167,7 +168,7 @@ class DemoHistory:
 
     def produce(self) -> Produced:
         win = self.window
-        first = _dt(min(win.detailed_from_ms, win.energy_from_ms)).astimezone()
+        first = _dt(min(win.detailed_from_ms, win.energy_from_ms)).astimezone(ZoneInfo(self.settings.default_timezone))
         self.progress(f"history: {self.days} days × {len(self.meters)} meters of every quantity"
                       + (f", and A+ from {first:%Y-%m-%d %H:%M %Z} (the forecast's {self.forecast_days} days)"
                          if self.forecast_days else "")

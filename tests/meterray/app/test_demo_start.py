@@ -58,7 +58,9 @@ def demo_run(settings: Settings) -> Iterator[tuple[str, Settings]]:
     try:
         while not any("Press Ctrl-C to stop." in line for line in out):
             if proc.poll() is not None or time.monotonic() > deadline:
-                pytest.fail("the demo did not finish starting:\n" + "".join(out[-40:]))
+                if proc.poll() is not None:
+                    out.append(proc.stdout.read().decode(errors="replace"))
+                pytest.fail(f"the demo did not finish starting (exit {proc.poll()}):\n" + "".join(out)[-6000:])
             if sel.select(timeout=1.0):
                 out.append(proc.stdout.readline().decode(errors="replace"))
         yield "".join(out), demo_settings
