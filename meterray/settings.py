@@ -126,6 +126,11 @@ class Settings(BaseModel):
     demo_admin_email: str = "demo@meterray.local"
     demo_platform_email: str = "platform@meterray.local"
     demo_password: SecretStr = SecretStr("meterray-demo")
+    # History the demo backfills at start from the simulator's own model (meterray/app/demo_history.py):
+    # every quantity for the last `demo_history_days` days, and the A+ register alone back to the local
+    # midnight `demo_forecast_days` days ago, the whole days the forecasting model trains on (0: no training).
+    demo_history_days: int = Field(3, ge=0, le=60)
+    demo_forecast_days: int = Field(15, ge=0, le=60)
     # Notifications (actors/notifier.py, serve_apps/notifications). Unisender Go: POST <unisender_url>/email/send.json
     # (external_apis.md §3); the base URL follows the account's data centre (go1 or go2). Empty key: e-mails
     # are logged only (development; refused in production). The key also verifies the webhook's `auth`.

@@ -48,6 +48,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     p = sub.add_parser("demo", help="simulated meters + runtime + API, until Ctrl-C")
     p.add_argument("--meters", type=int, default=50)
     p.add_argument("--interval", type=float, default=5.0)
+    p.add_argument("--history-days", type=_days, default=None, metavar="N",
+                   help="days of every quantity backfilled at start from the simulator's model, every 5 min "
+                        "(default METERRAY_DEMO_HISTORY_DAYS, 3; 0: none)")
+    p.add_argument("--forecast-days", type=_days, default=None, metavar="N",
+                   help="whole days of A+ history for the forecast model, trained at start (default "
+                        "METERRAY_DEMO_FORECAST_DAYS, 15: the least the model trains on; 0: no training)")
 
     p = sub.add_parser("status", help="the runtime on one screen: actors, assignments, rates, consumer lag, "
                                       "restarts, devices per state (needs a running runtime)")
@@ -193,12 +199,19 @@ def _run(settings: Settings, args: argparse.Namespace) -> int:
         return 2
 
 
+def _days(text: str) -> int:
+    n = int(text)
+    if not 0 <= n <= 60:
+        raise argparse.ArgumentTypeError(f"{n}: give 0 to 60 days")
+    return n
+
+
 def _demo(settings: Settings, args: argparse.Namespace) -> int:
     from meterray.app.demo import demo
     from meterray.auth_backends import BackendConfigError
 
     try:
-        return demo(settings, args.meters, args.interval)
+        return demo(settings, args.meters, args.interval, args.history_days, args.forecast_days)
     except BackendConfigError as err:
         print(f"not started: {err}", file=sys.stderr)
         return 2

@@ -133,8 +133,9 @@ def _print_urls(settings: Settings, api: str, logins: str = "") -> None:
 
 
 def run_until_interrupted(settings: Settings, show_progress: bool = True, started: float | None = None,
-                          logins: Callable[[str], str] | None = None) -> int:
-    """`logins(api)`: lines telling how to log in, printed with the URLs (the demo's accounts)."""
+                          logins: Callable[[str], str] | None = None, ready: Callable[[], None] | None = None) -> int:
+    """`logins(api)`: lines telling how to log in, printed with the URLs (the demo's accounts); `ready()`: run
+    once the runtime and the API are up, before the URLs are printed (the demo's history and training)."""
     from meterray.app.runtime import init_ray, prepare_stores, start_api, start_ingestion, stop_all
     from meterray.auth_backends import auth_backends
     from meterray.notify import email_backend
@@ -147,6 +148,8 @@ def run_until_interrupted(settings: Settings, show_progress: bool = True, starte
     try:
         start_ingestion(settings)
         api = start_api(settings)
+        if ready is not None:
+            ready()
         _print_urls(settings, api, logins(api) if logins else "")
         _wait_for_interrupt(settings, show_progress, started)
     finally:
@@ -182,7 +185,11 @@ def register_demo_mqtt(settings: Settings) -> str:
             f"  (\"ts\" may also be epoch milliseconds) and look for my-meter-1 in /api/v1/devices")
 
 
-def demo(settings: Settings, meters: int, interval_s: float) -> int:
+def demo(settings: Settings, meters: int, interval_s: float, history_days: int | None = None,
+         forecast_days: int | None = None) -> int:
+    """`history_days`, `forecast_days`: the history backfilled at start (meterray/app/demo_history.py);
+    None: the settings' (METERRAY_DEMO_HISTORY_DAYS, METERRAY_DEMO_FORECAST_DAYS), 0: none."""
+    from meterray.app.demo_history import DemoHistory, meters_of
     from meterray.app.demo_users import ensure_demo_identity, login_help
     from meterray.app.runtime import prepare_stores
 
@@ -204,8 +211,17 @@ def demo(settings: Settings, meters: int, interval_s: float) -> int:
         partner_sim = start_demo_partners(settings)
         print(f"partners: acme (JSON, OAuth2, cursor) and volta (CSV, API key, pages; device status) from the "
               f"partner simulator on http://127.0.0.1:{PARTNER_SIM_PORT}; see /api/v1/partners", flush=True)
-        print(register_demo_mqtt(settings), flush=True)
-        return run_until_interrupted(settings, started=started, logins=lambda api: login_help(settings, identity, api))
+        mqtt_help = register_demo_mqtt(settings)
+        days = settings.demo_history_days if history_days is None else history_days
+        fdays = settings.demo_forecast_days if forecast_days is None else forecast_days
+        backfill = DemoHistory(settings, meters_of(json.loads(manifest.read_text())), days, fdays,
+                               progress=lambda line: print(line, flush=True))
+        if days or fdays:  # before the pollers start: Kafka keeps each meter's history ahead of its live polls
+            backfill.produce()
+        # The URLs, the logins and the MQTT example come last, together, once the history is in.
+        return run_until_interrupted(settings, started=started,
+                                     logins=lambda api: login_help(settings, identity, api) + f"  {mqtt_help}\n",
+                                     ready=backfill.land_and_train)
     finally:
         os.killpg(sim.pid, signal.SIGTERM)
         sim.wait(timeout=10)

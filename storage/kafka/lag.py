@@ -52,3 +52,32 @@ def partition_lags(bootstrap: str, group: str, topic: str, timeout_s: float = 5.
         return PartitionLags(group, topic, {}, str(err.args[0]))
     finally:
         consumer.close()
+
+
+def end_offsets(bootstrap: str, topic: str, timeout_s: float = 5.0) -> dict[int, int]:
+    """The high watermark of each partition of `topic` (blocking): where the next record will land."""
+    consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": "meterray-end-offsets",
+                         "enable.auto.commit": False})
+    try:
+        meta = consumer.list_topics(topic, timeout=timeout_s).topics.get(topic)
+        if meta is None or meta.error is not None:
+            raise KafkaException(f"topic {topic!r} not found")
+        return {p: consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=timeout_s)[1]
+                for p in sorted(meta.partitions)}
+    finally:
+        consumer.close()
+
+
+def caught_up(bootstrap: str, group: str, topic: str, ends: dict[int, int], timeout_s: float = 5.0) -> int:
+    """How many records before `ends` (end_offsets taken earlier) `group` has not committed yet (blocking);
+    0: everything up to then is through that stage."""
+    consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": group, "enable.auto.commit": False,
+                         "socket.timeout.ms": int(timeout_s * 1000)})
+    try:
+        committed = consumer.committed([TopicPartition(topic, p) for p in ends], timeout=timeout_s)
+        low = {tp.partition: consumer.get_watermark_offsets(TopicPartition(topic, tp.partition), timeout=timeout_s)[0]
+               for tp in committed if tp.offset < 0}
+        return sum(max(0, ends[tp.partition] - (tp.offset if tp.offset >= 0 else low[tp.partition]))
+                   for tp in committed)
+    finally:
+        consumer.close()

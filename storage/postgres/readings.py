@@ -132,3 +132,26 @@ async def count_reporting_devices(conn: asyncpg.Connection | asyncpg.Pool, since
         "SELECT count(*) AS devices, count(*) FILTER (WHERE EXISTS (SELECT 1 FROM monitoring.readings_current c"
         " WHERE c.device_id = d.id AND c.ts > $1)) AS reporting FROM devices.devices d", since)
     return row["reporting"], row["devices"]
+
+
+async def stored_spans(conn: asyncpg.Connection | asyncpg.Pool,
+                       device_ids: Sequence[str]) -> dict[str, dict[str, tuple[int, int]]]:
+    """device → quantity → (oldest, newest) ts in epoch ms of its archive: what a backfill leaves alone.
+    Two index lookups per (device, quantity) on the archive's key instead of a scan of every reading."""
+    rows = await conn.fetch(
+        """
+        SELECT c.device_id, c.quantity,
+               (SELECT min(ts) FROM monitoring.readings r WHERE r.device_id = c.device_id AND r.quantity = c.quantity)
+                   AS oldest,
+               (SELECT max(ts) FROM monitoring.readings r WHERE r.device_id = c.device_id AND r.quantity = c.quantity)
+                   AS newest
+        FROM monitoring.readings_current c WHERE c.device_id = ANY($1::text[])
+        """,
+        list(device_ids),
+    )
+    out: dict[str, dict[str, tuple[int, int]]] = {}
+    for r in rows:
+        if r["oldest"] is not None:
+            out.setdefault(r["device_id"], {})[r["quantity"]] = (round(r["oldest"].timestamp() * 1000),
+                                                                 round(r["newest"].timestamp() * 1000))
+    return out
