@@ -28,6 +28,7 @@ TABLE: dict[str, Ports] = {
     "simulator": Ports(0, 4, control=True),  # the session's: tests/conftest.py SIM_PORTS
     "unisender-client": Ports(4),  # tests/protocols/unisender
     "notifications-sim": Ports(6, 1, control=True),  # tests/pipeline/test_notifications.py
+    "demo-metrics": Ports(7),  # the demo's own runtime (tests/meterray/app/test_demo_start.py)
     "unisender": Ports(8),  # the runtime's notifier sends here (a test starts the fake)
     "fakes-protocols": Ports(10, 2),  # fake api-fns and open-gkh (tests/fakes.py), tests/protocols
     "fakes-users": Ports(12, 2),  # the same, tests/serve_apps/test_users_api.py

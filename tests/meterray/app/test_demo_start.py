@@ -23,8 +23,9 @@ import pytest
 from confluent_kafka.admin import AdminClient
 
 from meterray.settings import Settings
-from tests.conftest import RUN_ID, SIM_BASE_PORT
+from tests.conftest import RUN_ID
 from tests.pipeline.helpers import http, sql
+from tests.ports import port
 
 METERS = 5
 START_TIMEOUT_S = 600  # Ray, Serve, the simulator, the history through the pipeline and training, on 2 busy cores
@@ -43,7 +44,7 @@ def demo_run(settings: Settings) -> Iterator[tuple[str, Settings]]:
     env |= {"METERRAY_PG_DSN": asyncio.run(recreate_database(base.pg_dsn, db)),
             "METERRAY_KAFKA_TOPIC_PREFIX": f"demo-{RUN_ID}.", "METERRAY_RAY_NAMESPACE": f"meterray-demo-{RUN_ID}",
             "METERRAY_API_PORT": str(api_port), "METERRAY_DASHBOARD_PORT": str(api_port + 1000),
-            "METERRAY_METRICS_PORT": str(SIM_BASE_PORT + 7), "METERRAY_VAR_DIR": str(var),
+            "METERRAY_METRICS_PORT": str(port("demo-metrics")), "METERRAY_VAR_DIR": str(var),
             "METERRAY_CLICKHOUSE_URL": f"chdb://{var / 'clickhouse'}", "PYTHONUNBUFFERED": "1"}
     demo_settings = base.model_copy(update={"pg_dsn": env["METERRAY_PG_DSN"], "api_port": api_port,
                                             "kafka_topic_prefix": env["METERRAY_KAFKA_TOPIC_PREFIX"]})
