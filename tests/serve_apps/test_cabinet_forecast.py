@@ -41,6 +41,8 @@ YEAR = "cabfc-year"  # a year of half-hours, through Kafka into both sinks (Post
 ENERGY = "1-0:1.8.0"
 MOSCOW = ZoneInfo("Europe/Moscow")
 YEAR_HALF_HOURS = 365 * 48
+# A chart waits for its data: a year from ClickHouse takes seconds, many more on a loaded 2-core machine.
+CHART_WAIT_MS = 120_000
 ROUNDS = 30  # boosting rounds: a small model trains in seconds and still forecasts every half-hour
 
 
@@ -148,7 +150,7 @@ def test_without_a_model_the_pages_say_when_the_forecast_comes(page: Page, custo
     expect(note).to_contain_text("Прогноз появится после обучения модели")
     expect(note).to_contain_text("meterray forecast train")
     chart = page.locator("#consumption-chart")
-    expect(chart).to_have_attribute("data-drawn", "1")
+    expect(chart).to_have_attribute("data-drawn", "1", timeout=CHART_WAIT_MS)
     assert chart.get_attribute("data-band-points") == "0" and chart.get_attribute("data-forecast") == "no_model"
     shot(page, "device-no-forecast")
     page.goto("/")
@@ -172,8 +174,8 @@ def test_device_chart_draws_the_forecast_band_of_the_forecast_api(page: Page, tr
     for _attempt in range(3):  # a half-hour may turn between the page and the API's answer: then again
         page.goto(f"/devices/{METER}")
         chart = page.locator("#consumption-chart")
-        expect(chart).to_have_attribute("data-drawn", "1")
-        expect(chart).to_have_attribute("data-forecast", "ok")
+        expect(chart).to_have_attribute("data-drawn", "1", timeout=CHART_WAIT_MS)
+        expect(chart).to_have_attribute("data-forecast", "ok", timeout=CHART_WAIT_MS)
         forecast = _get(f"{api}/api/v1/devices/{METER}/forecast?horizon=48", headers)
         x, actual, point, lower, upper = _chart_columns(page)
         drawn = {t: (p, lo, hi) for t, p, lo, hi in zip(x, point, lower, upper, strict=True) if hi is not None}
@@ -207,8 +209,8 @@ def test_device_chart_draws_the_forecast_band_of_the_forecast_api(page: Page, tr
     # Hours: each the sum of its two half-hours.
     page.locator("[data-chart-switch=consumption] a[data-interval='1h']").click()
     chart = page.locator("#consumption-chart")
-    expect(chart).to_have_attribute("data-interval", "1h")
-    expect(chart).to_have_attribute("data-drawn", "1")
+    expect(chart).to_have_attribute("data-interval", "1h", timeout=CHART_WAIT_MS)
+    expect(chart).to_have_attribute("data-drawn", "1", timeout=CHART_WAIT_MS)
     x, _, point, _, upper = _chart_columns(page)
     halves = {datetime.fromisoformat(p["start"]).timestamp(): p for p in forecast["points"]}
     checked = 0
@@ -220,7 +222,7 @@ def test_device_chart_draws_the_forecast_band_of_the_forecast_api(page: Page, tr
     assert checked >= 22, checked
     # Days are beyond the model's horizon: no band, and the page says why.
     page.locator("[data-chart-switch=consumption] a[data-interval='1d']").click()
-    expect(chart).to_have_attribute("data-forecast", "interval")
+    expect(chart).to_have_attribute("data-forecast", "interval", timeout=CHART_WAIT_MS)
     assert chart.get_attribute("data-band-points") == "0"
     expect(page.locator("#forecast-chart-note")).to_contain_text("30 мин и 1 час")
 
@@ -302,13 +304,13 @@ def test_a_year_of_half_hours_on_one_chart(page: Page, year_meter: dict) -> None
     _login(page)
     page.goto(f"/devices/{YEAR}")
     chart = page.locator("#consumption-chart")
-    expect(chart).to_have_attribute("data-drawn", "1")
+    expect(chart).to_have_attribute("data-drawn", "1", timeout=CHART_WAIT_MS)
     link = page.locator("[data-chart-switch=consumption] a[data-interval='year']")
     expect(link).to_have_text("Год (30 мин)")
     clicked = time.monotonic()
     link.click()
-    expect(chart).to_have_attribute("data-interval", "year", timeout=120_000)
-    expect(chart).to_have_attribute("data-drawn", "1")
+    expect(chart).to_have_attribute("data-interval", "year", timeout=CHART_WAIT_MS)
+    expect(chart).to_have_attribute("data-drawn", "1", timeout=CHART_WAIT_MS)
     click_to_chart_s = time.monotonic() - clicked
     points = int(chart.get_attribute("data-points") or 0)
     draw_ms = float(chart.get_attribute("data-draw-ms") or "nan")
@@ -336,7 +338,7 @@ def test_a_year_of_half_hours_on_one_chart(page: Page, year_meter: dict) -> None
     assert "interval=year" in page.url
     page.reload()  # the year is a link others can open too
     expect(chart).to_have_attribute("data-interval", "year")
-    expect(chart).to_have_attribute("data-drawn", "1")
+    expect(chart).to_have_attribute("data-drawn", "1", timeout=CHART_WAIT_MS)
     assert int(chart.get_attribute("data-points") or 0) == points
 
 

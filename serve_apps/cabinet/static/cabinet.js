@@ -89,7 +89,7 @@
       series: [
         { label: text.time, value: function (u, v) { return v == null ? "—" : fmt.format(new Date(v * 1e3)); } },
         {
-          label: series.kind === "consumption" ? text.consumption : (series.quantity || ""),
+          label: series.kind === "archive" ? (series.quantity || "") : text.consumption,
           stroke: "#0b5cad", width: 2, fill: bars ? "rgba(11,92,173,0.35)" : "rgba(11,92,173,0.08)",
           paths: bars ? uPlot.paths.bars({ size: [0.8, 48] }) : undefined, points: { show: !bars && cols.data[0].length < 60 },
           value: function (u, v) { return v == null ? "—" : num.format(v) + " " + series.unit; }
