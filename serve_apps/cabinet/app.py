@@ -28,7 +28,7 @@ from meterray.domain import DeviceStatus
 from meterray.intervals import Size
 from meterray.quantities import QUANTITIES
 from meterray.settings import Settings
-from serve_apps.cabinet import admin_data, data
+from serve_apps.cabinet import admin_data, analytics, data
 from serve_apps.cabinet.i18n import LANGUAGES, UserLocale, user_locale
 from serve_apps.cabinet.session import (
     LANG_COOKIE,
@@ -56,6 +56,7 @@ log = logging.getLogger("meterray.cabinet")
 HERE = Path(__file__).parent
 UPLOT = HERE / "node_modules" / "uplot" / "dist"  # npm ci (make install): serve_apps/cabinet/package.json
 PAGE_SIZES = (25, 50, 100)
+YEAR = "year"  # the consumption chart's year of half-hours (ClickHouse aggregates), beside the Size intervals
 # Sent with every page: nothing but this origin may run, style, frame or receive a form (no CDN, no inline script).
 SECURITY_HEADERS = {
     "Content-Security-Policy": "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:;"
@@ -64,7 +65,7 @@ SECURITY_HEADERS = {
 }
 # Navigation: (key, path, available). Entries of services other issues build are in place and say "soon".
 NAV = (("nav.dashboard", "/", True), ("nav.devices", "/devices", True),
-       ("nav.notifications", "/notifications", False), ("nav.recommendations", "/recommendations", False),
+       ("nav.notifications", "/notifications", False), ("nav.recommendations", "/recommendations", True),
        ("nav.admin", "/admin", True))
 
 templates = Jinja2Templates(directory=str(HERE / "templates"))
@@ -324,8 +325,10 @@ async def dashboard(request: Request, db: Db, settings: AppSettings) -> HTMLResp
     counts = await repo.status_counts(db, org, everything)
     events = await repo.recent_transitions(db, org, everything, 10)
     totals = await data.totals(db, settings, viewer, month_start) if counts else None
+    expected = await analytics.organisation_expected(db, settings, viewer, totals)
     return _page(request, settings, "dashboard.html", viewer=viewer, counts=counts, total=sum(counts.values()),
-                 totals=totals, events=events, dashboard_meters=data.DASHBOARD_METERS, **await _header(db, viewer))
+                 totals=totals, expected=expected, events=events, dashboard_meters=data.DASHBOARD_METERS,
+                 **await _header(db, viewer))
 
 
 @router.get("/devices")
@@ -351,7 +354,9 @@ async def device_page(device_id: str, request: Request, db: Db, settings: AppSet
                       quantity: str = "", period: str = "1d") -> HTMLResponse:
     viewer = await _viewer(request, db, settings)
     row = await data.device(db, viewer, device_id)
+    year = interval == YEAR  # the year of half-hours from ClickHouse: the table keeps the last day's
     size = Size(interval) if interval in {s.value for s in Size} else Size.HALF_HOUR
+    band = await analytics.device_band(db, settings, viewer, device_id)
     current = await data.current(db, viewer, device_id)
     health = await data.health(db, viewer, device_id)
     try:
@@ -364,7 +369,8 @@ async def device_page(device_id: str, request: Request, db: Db, settings: AppSet
     period = period if period in data.ARCHIVE_RANGE else "1d"
     return _page(request, settings, "device.html", viewer=viewer, device=row, current=current, health=health,
                  energy=energy, energy_rows=data.since_first_data(energy) if energy else [],
-                 interval=size.value, intervals=[s.value for s in Size], quantity=quantity,
+                 interval=YEAR if year else size.value, intervals=[s.value for s in Size] + [YEAR],
+                 band=band, band_today=band.today(datetime.now(timezone.utc)), quantity=quantity,
                  quantities=sorted(set(quantities) | {quantity}), all_quantities=QUANTITIES, period=period,
                  periods=list(data.ARCHIVE_RANGE), **await _header(db, viewer))
 
@@ -373,10 +379,15 @@ async def device_page(device_id: str, request: Request, db: Db, settings: AppSet
 async def consumption_chart(device_id: str, request: Request, db: Db, settings: AppSettings,
                             interval: str = "30m") -> JSONResponse:
     viewer = await _viewer(request, db, settings)
+    if interval == YEAR:
+        return JSONResponse(await analytics.year_series(db, settings, viewer, device_id),
+                            headers={"Cache-Control": "no-store"})
     if interval not in {s.value for s in Size}:
-        raise HTTPException(422, f"interval is one of {', '.join(s.value for s in Size)}")
+        raise HTTPException(422, f"interval is one of {', '.join(s.value for s in Size)}, {YEAR}")
     body = await data.consumption(db, settings, viewer, device_id, Size(interval))
-    return JSONResponse(data.chart_series(body), headers={"Cache-Control": "no-store"})
+    band = await analytics.device_band(db, settings, viewer, device_id)
+    return JSONResponse({**data.chart_series(body), "forecast": analytics.band_series(band, Size(interval))},
+                        headers={"Cache-Control": "no-store"})
 
 
 @router.get("/chart/devices/{device_id}/archive")
@@ -389,10 +400,22 @@ async def archive_chart(device_id: str, request: Request, db: Db, settings: AppS
     return JSONResponse(data.chart_series(body), headers={"Cache-Control": "no-store"})
 
 
-# Pages other services fill (notifications, forecasts and recommendations): in the navigation
-# now, saying what will be there; each has its template (templates/<name>.html) to build on.
-@router.get("/notifications")
+# ---- recommendations (the forecasting service's, with the numbers behind them)
+
 @router.get("/recommendations")
+async def recommendations_page(request: Request, db: Db, settings: AppSettings, days: int = 28) -> HTMLResponse:
+    viewer = await _viewer(request, db, settings)
+    days = days if days in analytics.REC_DAYS else 28
+    prices = analytics.prices_from(dict(request.query_params))
+    org, devices, metered = await analytics.recommendations(db, settings, viewer, days, prices)
+    return _page(request, settings, "recommendations.html", viewer=viewer, org=org, advice=devices, metered=metered,
+                 shown=analytics.REC_DEVICES, days=days, all_days=analytics.REC_DAYS, prices=prices,
+                 **await _header(db, viewer))
+
+
+# Pages other services fill (notifications): in the navigation now, saying what will be there; each has its
+# template (templates/<name>.html) to build on.
+@router.get("/notifications")
 async def coming(request: Request, db: Db, settings: AppSettings) -> HTMLResponse:
     viewer = await _viewer(request, db, settings)
     name = request.url.path.strip("/")

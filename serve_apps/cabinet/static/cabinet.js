@@ -49,9 +49,37 @@
   }
 
   var charts = {};
+
+  // ---- the columns a chart draws: measured values, and beside them the forecast's line and band (from the
+  // forecasting API, issue 11) on the union of both time axes; a year comes as one column on a regular grid.
+  function columns(series) {
+    if (series.kind === "year") {
+      var n = series.y.length, xs = new Array(n);
+      for (var i = 0; i < n; i++) { xs[i] = series.start + i * series.step; }
+      return { data: [xs, series.y], band: false };
+    }
+    var fc = series.forecast;
+    if (!fc || fc.state !== "ok" || !fc.x || !fc.x.length) { return { data: [series.x, series.y], band: false }; }
+    var at = {}, all = series.x.concat(fc.x.filter(function (v) { return series.x.indexOf(v) < 0; }));
+    all.sort(function (a, b) { return a - b; });
+    all.forEach(function (v, i) { at[v] = i; });
+    function spread(x, y) {
+      var out = new Array(all.length).fill(null);
+      x.forEach(function (v, i) { out[at[v]] = y[i]; });
+      return out;
+    }
+    return { data: [all, spread(series.x, series.y), spread(fc.x, fc.y), spread(fc.x, fc.lower), spread(fc.x, fc.upper)],
+             band: true };
+  }
+
   function draw(el, series, bars) {
     if (typeof uPlot === "undefined") { return; }
+    var year = series.kind === "year";
+    if (year) { bars = false; }
+    var cols = columns(series);
     var fmt = timeFmt(series.interval || "30m");
+    var axisFmt = year ? timeFmt("1d") : fmt;
+    var started = performance.now();
     var opts = {
       width: Math.max(el.clientWidth, 280), height: 280,
       tzDate: function (ts) { return uPlot.tzDate(new Date(ts * 1e3), zone); },
@@ -61,25 +89,41 @@
       series: [
         { label: text.time, value: function (u, v) { return v == null ? "—" : fmt.format(new Date(v * 1e3)); } },
         {
-          label: series.kind === "consumption" ? text.consumption : (series.quantity || ""),
+          label: series.kind === "archive" ? (series.quantity || "") : text.consumption,
           stroke: "#0b5cad", width: 2, fill: bars ? "rgba(11,92,173,0.35)" : "rgba(11,92,173,0.08)",
-          paths: bars ? uPlot.paths.bars({ size: [0.8, 48] }) : undefined, points: { show: !bars && series.x.length < 60 },
+          paths: bars ? uPlot.paths.bars({ size: [0.8, 48] }) : undefined, points: { show: !bars && cols.data[0].length < 60 },
           value: function (u, v) { return v == null ? "—" : num.format(v) + " " + series.unit; }
         }
       ],
+      hooks: { draw: [function () {
+        if (!el.hasAttribute("data-draw-ms")) { el.setAttribute("data-draw-ms", (performance.now() - started).toFixed(1)); }
+        el.setAttribute("data-drawn", "1");
+      }] },
       axes: [
         { space: 120, values: function (u, splits) {
           var last = null;  // a label like its neighbour's (two ticks in one day) is written once
-          return splits.map(function (v) { var s = fmt.format(new Date(v * 1e3)); var out = s === last ? "" : s; last = s; return out; });
+          return splits.map(function (v) { var s = axisFmt.format(new Date(v * 1e3)); var out = s === last ? "" : s; last = s; return out; });
         } },
         { label: series.unit, size: 64, values: function (u, splits) { return splits.map(function (v) { return num.format(v); }); } }
       ]
     };
+    if (cols.band) {
+      var unitOf = function (u, v) { return v == null ? "—" : num.format(v) + " " + series.unit; };
+      opts.series.push({ label: text.forecast, stroke: "#b35900", width: 2, dash: [6, 4], points: { show: false }, value: unitOf },
+                       { label: text.lower, stroke: "rgba(179,89,0,0.45)", width: 1, points: { show: false }, value: unitOf },
+                       { label: text.upper, stroke: "rgba(179,89,0,0.45)", width: 1, points: { show: false }, value: unitOf });
+      opts.bands = [{ series: [4, 3], fill: "rgba(179,89,0,0.16)" }];  // upper over lower: the shaded interval
+    }
     if (charts[el.id]) { charts[el.id].destroy(); }
     el.textContent = "";
-    charts[el.id] = new uPlot(opts, [series.x, series.y], el);
-    el.setAttribute("data-points", String(series.x.length));
-    el.setAttribute("data-drawn", "1");
+    el.removeAttribute("data-drawn");
+    el.removeAttribute("data-draw-ms");
+    var values = cols.data[1].filter(function (v) { return v != null; }).length;
+    el.setAttribute("data-points", String(year ? values : series.x.length));
+    el.setAttribute("data-band-points", cols.band ? String(cols.data[4].filter(function (v) { return v != null; }).length) : "0");
+    el.setAttribute("data-forecast", (series.forecast || {}).state || "");
+    charts[el.id] = new uPlot(opts, cols.data, el);
+    el.uplot = charts[el.id];  // for scripts and tests: the instance and the columns it drew
   }
 
   function load(el, params) {
@@ -101,6 +145,18 @@
   function fillTable(series) {
     var table = document.getElementById("consumption-table");
     if (!table) { return; }
+    var details = document.getElementById("consumption-details"), total = document.getElementById("consumption-total");
+    var fcNote = document.getElementById("forecast-chart-note");
+    if (fcNote) { fcNote.textContent = (series.forecast || {}).state === "interval" ? text.fc_interval : ""; }
+    if (series.kind === "year") {  // 17,520 rows are no table to read: the chart and its total
+      if (details) { details.hidden = true; }
+      if (total) {
+        total.textContent = series.values ? text.year_total.replace("{v}", num.format(series.total)).replace("{unit}", series.unit)
+                                          : text.year_empty;
+      }
+      return;
+    }
+    if (details) { details.hidden = false; }
     // Days and months on the meter's own calendar (its time zone); half-hours and hours in the user's.
     var calendar = series.interval === "1d" || series.interval === "1mo";
     var fmt = new Intl.DateTimeFormat(locale, series.interval === "1mo"
@@ -123,13 +179,12 @@
     });
     table.replaceChild(body, table.tBodies[0]);
     table.setAttribute("data-interval", series.interval);
-    var total = document.getElementById("consumption-total");
     if (total && text.total) { total.textContent = text.total.replace("{v}", num.format(series.total)).replace("{unit}", series.unit); }
   }
 
   var cons = document.getElementById("consumption-chart");
   if (cons) {
-    load(cons, { interval: cons.getAttribute("data-interval") }).catch(function () {});
+    load(cons, { interval: cons.getAttribute("data-interval") }).then(fillTable).catch(function () {});
     var sw = document.querySelector("[data-chart-switch=consumption]");
     sw.addEventListener("click", function (ev) {
       var a = ev.target.closest("a[data-interval]");
