@@ -137,7 +137,9 @@ def forecast_day(trained: Trained, series: Series, day: int, calendar: Calendar 
         return DayForecast(np.maximum(point, 0), np.maximum(np.minimum(lower, point), 0), np.maximum(upper, point))
     point = seasonal_naive(s.values, rows, WEEKLY)
     lo, hi = min(trained.naive_error_ratios), max(trained.naive_error_ratios)
-    return DayForecast(point, point * lo, point * hi)
+    # The ratios are actual / naive over the holdout: a naive forecast that ran low there has both above 1.
+    # The band still holds the point served, as the model's does.
+    return DayForecast(point, np.minimum(point * lo, point), np.maximum(point * hi, point))
 
 
 def registry_fields(t: Trained) -> dict[str, Any]:

@@ -2,6 +2,7 @@
 the naive forecast (with intervals from its own errors) when it does not."""
 from __future__ import annotations
 
+import dataclasses
 from datetime import date
 
 import numpy as np
@@ -35,3 +36,17 @@ def test_weekly_naive_chosen_when_the_model_does_not_beat_it() -> None:
     fc = training.forecast_day(t, series["w1"], 41)
     np.testing.assert_array_equal(fc.point, series["w1"].values[34 * SLOTS:35 * SLOTS])
     assert t.naive_error_ratios == (1.0, 1.0)  # a perfect naive forecast: a zero-width interval
+
+
+def test_the_naive_forecast_lies_inside_its_own_band() -> None:
+    # A load that grows 10 % a week: the weekly naive forecast runs low on every holdout day, so both its
+    # error ratios are above 1; the band served must still contain the point served.
+    rng = np.random.default_rng(5)
+    week = rng.uniform(1, 10, 7 * SLOTS)
+    grown = np.concatenate([week * 1.1 ** k for k in range(6)])
+    series = {f"g{i}": Series(date(2025, 9, 1), grown * (i + 1)) for i in range(2)}
+    t = training.train(series, rounds=30)
+    t = dataclasses.replace(t, chosen=training.NAIVE, model=None)  # whichever won, the naive forecast is served
+    assert min(t.naive_error_ratios) > 1.0
+    fc = training.forecast_day(t, series["g1"], 41)
+    assert np.all(fc.lower <= fc.point) and np.all(fc.point <= fc.upper) and np.any(fc.upper > fc.point)
