@@ -4,9 +4,13 @@ from __future__ import annotations
 from collections.abc import Iterator
 
 import pytest
-from playwright.sync_api import Browser, BrowserContext, Page, sync_playwright
+from playwright.sync_api import Browser, BrowserContext, Page, expect, sync_playwright
 
 from tests.serve_apps.cabinet_browser import CHROMIUM, new_context
+
+# Assertions wait as long as the pages' own actions may (new_context: 30 s): on a loaded 2-core machine a
+# login's redirect can take longer than Playwright's default 5 s.
+expect.set_options(timeout=30_000)
 
 
 @pytest.fixture(scope="module")

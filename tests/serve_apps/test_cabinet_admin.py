@@ -85,6 +85,11 @@ def test_the_runtime_page_lists_every_child_of_the_supervisor(page: Page, orgs: 
     assert shown == set(children)
     roles = {c["role"] for c in children.values()}
     assert {"modbus-shard", "device-processor", "pg-writer"} <= roles, roles
+    def every_actor_answers() -> bool:  # a ping can miss its deadline on a loaded machine: the page is reloaded
+        page.reload()
+        return page.locator("#actors [data-state]:not([data-state=running])").count() == 0
+
+    wait_for(every_actor_answers, 90, "every actor answering its ping on the runtime page")
     for name, child in children.items():  # each with its state, and the shards with their connections
         row = page.locator(f"#actors tr[data-actor='{name}']")
         expect(row.locator("[data-state]")).to_have_attribute("data-state", "running")
