@@ -65,7 +65,8 @@ def _set_fault(control: str, meter: str, fault: str) -> None:
     assert http("POST", f"{control}/faults", {"device_id": meter, "fault": fault})[0] == 200
 
 
-def test_the_preferences_form_saves_the_channels_and_kinds(page: Page, customer: dict, runtime: dict) -> None:
+def test_the_preferences_form_saves_the_channels_and_kinds(page: Page, base: str, customer: dict,
+                                                          runtime: dict) -> None:
     login(page, EMAIL, PASSWORD)
     _save_preferences(page, in_app=True, email=False, degraded=False)
     page.reload()  # what the page shows after a reload is what was stored
@@ -79,6 +80,19 @@ def test_the_preferences_form_saves_the_channels_and_kinds(page: Page, customer:
     status, prefs = http("GET", f"{runtime['api']}/api/v1/notifications/preferences", headers=headers)
     assert (status, prefs) == (200, {"in_app": True, "email": False, "muted_kinds": ["device_degraded"]})
     shot(page, "notifications-preferences")
+    # Refused and nothing stored: a kind the API does not know (422, shown on the page), a form from another
+    # site or from nowhere (403), a form larger than any of the cabinet's (413).
+    url = f"{base}/notifications/preferences"
+    forged = {"in_app": "on", "email": "on", "kinds": "device_degraded"}
+    answer = page.request.post(url, form={**forged, "kinds": "everything"}, headers={"Origin": base})
+    assert answer.status == 422 and "неизвестный вид событий" in answer.text()
+    for origin in ("http://evil.example", None):
+        answer = page.request.post(url, form=forged, headers={"Origin": origin} if origin else {}, max_redirects=0)
+        assert answer.status == 403, (origin, answer.status)
+    answer = page.request.post(url, form={**forged, "email": "x" * 20_000}, headers={"Origin": base},
+                               max_redirects=0)
+    assert answer.status == 413
+    assert http("GET", f"{runtime['api']}/api/v1/notifications/preferences", headers=headers)[1] == prefs
     _save_preferences(page, in_app=True, email=True, degraded=True)
     page.reload()
     expect(page.get_by_label("По электронной почте")).to_be_checked()
