@@ -5,8 +5,8 @@ It is served by the monitoring application's ingress (Serve routes one prefix pe
 owns `/`): `mount_cabinet(api)` adds its routes and static files, `configure_cabinet(settings)` runs in the
 replica. Logins, registrations and refreshes go through the users service's own functions, in-process, so
 the rules (checks, throttling, rotation with reuse detection) are the API's; see session.py for cookies and
-CSRF. Pages for services that do not exist yet (notifications, recommendations, administration) are in the
-navigation and render a placeholder page: their templates are where those pages go.
+CSRF. Pages for services that do not exist yet (recommendations, administration) are in the navigation and
+render a placeholder page: their templates are where those pages go. The notifications inbox: notifications.py.
 """
 from __future__ import annotations
 

@@ -4,17 +4,25 @@ pipeline: a customer signed up through the form owns one simulated meter; the me
 rules, which notify every role including customers) and the notification shows up in the cabinet: the
 unread badge in the navigation, the inbox naming the meter in the user's time zone, marking it read
 (keyboard only), mark-all-read, the preferences form, and neither another organisation's user nor a form
-from another site can mark it read. Screenshots under var/screenshots/ (git-ignored)."""
+from another site can mark it read; thirty notifications page by page. Screenshots under var/screenshots/
+(git-ignored). The module's users turn e-mail off before their meters' events: no fake Unisender runs here."""
 from __future__ import annotations
 
+import asyncio
 import re
+import time
 import uuid
+from concurrent.futures import ThreadPoolExecutor
 from zoneinfo import ZoneInfo
 
 import pytest
 from playwright.sync_api import Browser, Page, expect
 
+from meterray.domain import DeviceEvent, DeviceStatus
 from meterray.identity import Role
+from meterray.settings import Settings
+from storage.kafka import codec, topics
+from storage.kafka.producer import AsyncProducer
 from tests.auth_headers import bearer
 from tests.conftest import wait_for
 from tests.pipeline.helpers import http
@@ -223,9 +231,61 @@ def test_a_meter_going_offline_reaches_the_inbox_and_is_marked_read(
              90, f"{meter} back online")
 
 
-def test_a_made_up_cursor_shows_the_first_page(page: Page, customer: dict) -> None:
-    login(page, EMAIL, PASSWORD)
+def _produce(settings: Settings, events: list[DeviceEvent]) -> None:
+    """Device events on `device-events` through Kafka, as the device processor sends them."""
+    async def run() -> None:
+        topic = settings.topic(topics.DEVICE_EVENTS)
+        async with AsyncProducer(settings.kafka_bootstrap) as producer:
+            await producer.send_many([(topic, topics.partition_for(e.device_id, settings.kafka_partitions),
+                                       e.device_id.encode(), codec.encode_event(e)) for e in events])
+
+    with ThreadPoolExecutor(1) as pool:  # Playwright's sync API keeps an event loop in this thread
+        pool.submit(asyncio.run, run()).result()
+
+
+def test_many_notifications_page_by_page(page: Page, browser: Browser, base: str, runtime: dict) -> None:
+    """Thirty meters of another organisation go offline (their events through Kafka to the notifier, one
+    notification each): the inbox shows 25 a page, newest first, and the next page the rest, none twice."""
+    settings = runtime["settings"]
+    dsn = settings.pg_dsn
+    email = "fleet@notify-pages.example"
+    org = signed_up(browser, base, dsn, 9403, email, "ЭС-2026/413")
+    user_id = sql(dsn, "SELECT id FROM auth.users WHERE email = $1", email)[0]["id"]
+    prefix = f"cabn-{uuid.uuid4().hex[:6]}-"
+    sql(dsn, "INSERT INTO devices.devices (id, name, protocol, profile, organisation_id)"
+             " SELECT $1 || lpad(n::text, 2, '0'), 'Щит ' || n, 'mqtt', 'mqtt', $2 FROM generate_series(1, 30) n",
+        prefix, org)
+    login(page, email, PASSWORD)
+    # E-mail off: no fake Unisender runs for this module (thirty e-mails would wait in the outbox, retried).
+    _save_preferences(page, in_app=True, email=False, degraded=True)
+    now = int(time.time() * 1000)
+    _produce(settings, [DeviceEvent(f"{prefix}{n:02d}", now + n, "status", DeviceStatus.OFFLINE, DeviceStatus.ONLINE,
+                                    "timeout", ("timeout",)) for n in range(1, 31)])
+    wait_for(lambda: len(sql(dsn, "SELECT 1 FROM notify.notifications WHERE user_id = $1", user_id)) >= 30, 90,
+             "thirty notifications")
+    ids = [r["id"] for r in sql(dsn, "SELECT id FROM notify.notifications WHERE user_id = $1 ORDER BY id DESC",
+                                user_id)]
+    page.goto("/notifications")
+    shown = page.locator("#notifications li")
+    expect(shown).to_have_count(25)
+    first = [int(i) for i in shown.evaluate_all("els => els.map(e => e.dataset.id)")]
+    assert first == ids[:25]  # all unread: newest first
+    expect(page.locator("#unread-total")).to_have_text(f"Непрочитанных: {len(ids)}")
+    page.locator("#next-page").click()
+    expect(shown).to_have_count(len(ids) - 25)
+    rest = [int(i) for i in shown.evaluate_all("els => els.map(e => e.dataset.id)")]
+    assert rest == ids[25:]
+    expect(page.locator("#next-page")).to_have_count(0)
+    shot(page, "notifications-page-2")
+    # Marked read on the second page: back on the same page, the notification now read.
+    page.locator(f"#n-{rest[0]}").get_by_role("button").click()
+    expect(page.locator("#done")).to_be_visible()
+    assert "cursor=" in page.url
+    expect(page.locator(f"#n-{rest[0]}")).to_have_attribute("data-read", "true")
+    expect(page.locator(BADGE)).to_contain_text(str(len(ids) - 1))
+    # A cursor edited by hand: the first page, not an error.
     response = page.goto(f"/notifications?cursor={uuid.uuid4()}")
     assert response is not None and response.status == 200
-    expect(page.locator("h1")).to_have_text("Уведомления")
-    expect(page.locator("#preferences")).to_be_visible()
+    expect(shown).to_have_count(25)
+    page.get_by_role("link", name="Следующая страница").click()
+    expect(shown.last).to_have_attribute("data-id", str(rest[0]))  # read ones come after the unread
