@@ -5,8 +5,8 @@ It is served by the monitoring application's ingress (Serve routes one prefix pe
 owns `/`): `mount_cabinet(api)` adds its routes and static files, `configure_cabinet(settings)` runs in the
 replica. Logins, registrations and refreshes go through the users service's own functions, in-process, so
 the rules (checks, throttling, rotation with reuse detection) are the API's; see session.py for cookies and
-CSRF. The admin pages are admin.py. Pages for services that do not exist yet (notifications, recommendations) are in the
-navigation and render a placeholder page: their templates are where those pages go.
+CSRF. The pages of the other services: admin.py (administration), notifications.py (the inbox), analytics.py
+(forecasts and recommendations).
 """
 from __future__ import annotations
 
@@ -14,6 +14,7 @@ import logging
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Annotated, Any
+from urllib.parse import urlencode
 
 from fastapi import APIRouter, FastAPI, Form, HTTPException, Query, Request, Response
 from fastapi.responses import HTMLResponse, JSONResponse, PlainTextResponse, RedirectResponse
@@ -29,6 +30,7 @@ from meterray.intervals import Size
 from meterray.quantities import QUANTITIES
 from meterray.settings import Settings
 from serve_apps.cabinet import admin_data, analytics, data
+from serve_apps.cabinet import notifications as inbox
 from serve_apps.cabinet.i18n import LANGUAGES, UserLocale, user_locale
 from serve_apps.cabinet.session import (
     LANG_COOKIE,
@@ -65,7 +67,7 @@ SECURITY_HEADERS = {
 }
 # Navigation: (key, path, available). Entries of services other issues build are in place and say "soon".
 NAV = (("nav.dashboard", "/", True), ("nav.devices", "/devices", True),
-       ("nav.notifications", "/notifications", False), ("nav.recommendations", "/recommendations", True),
+       ("nav.notifications", "/notifications", True), ("nav.recommendations", "/recommendations", True),
        ("nav.admin", "/admin", True))
 
 templates = Jinja2Templates(directory=str(HERE / "templates"))
@@ -80,7 +82,7 @@ def configure_cabinet(settings: Settings) -> None:
                     UPLOT)
 
 
-FORM_PATHS = ("/login", "/signup", "/logout")
+FORM_PATHS = ("/login", "/signup", "/logout", "/notifications/preferences")
 MAX_FORM_BYTES = 16 * 1024  # a sign-up is a few hundred bytes
 MAX_ADMIN_FORM_BYTES = 256 * 1024  # the admin pages' forms: a pasted partner payload (admin.MAX_SAMPLE_CHARS)
 
@@ -307,12 +309,15 @@ async def logout(request: Request, db: Db, settings: AppSettings) -> Response:
 
 # ---- pages
 
-async def _header(db: Db, viewer: Viewer) -> dict[str, Any]:
+async def _header(db: Db, viewer: Viewer, unread: int | None = None) -> dict[str, Any]:
+    """The header of every page: who is logged in, and the navigation's unread badge (one count query;
+    a page that has counted already passes its count)."""
     me = await user_out(db, viewer.principal.user_id)
     if me is None:
         raise LoginRequired("/")
     org = me.organisation
-    return {"me": me, "org_name": (org.name or org.inn) if org else None}
+    return {"me": me, "org_name": (org.name or org.inn) if org else None,
+            "unread": await inbox.unread(db, viewer) if unread is None else unread}
 
 
 @router.get("/")
@@ -413,10 +418,61 @@ async def recommendations_page(request: Request, db: Db, settings: AppSettings, 
                  **await _header(db, viewer))
 
 
-# Pages other services fill (notifications): in the navigation now, saying what will be there; each has its
-# template (templates/<name>.html) to build on.
+# ---- notifications inbox (issue 11): the notifications API's own functions, in-process (notifications.py).
+# Every change is a form post (works without a script), refused unless it comes from a cabinet page.
+
 @router.get("/notifications")
-async def coming(request: Request, db: Db, settings: AppSettings) -> HTMLResponse:
+async def notifications_page(request: Request, db: Db, settings: AppSettings, cursor: str = "",
+                             done: str = "") -> HTMLResponse:
     viewer = await _viewer(request, db, settings)
-    name = request.url.path.strip("/")
-    return _page(request, settings, f"{name}.html", viewer=viewer, section=name, **await _header(db, viewer))
+    return await _inbox_page(request, db, settings, viewer, cursor, done)
+
+
+async def _inbox_page(request: Request, db: Db, settings: Settings, viewer: Viewer, cursor: str, done: str = "",
+                      status: int = 200, prefs_error: str | None = None) -> HTMLResponse:
+    listing = await inbox.inbox(db, viewer, cursor or None)
+    return _page(request, settings, "notifications.html", status=status, viewer=viewer, inbox=listing,
+                 cursor=cursor, prefs=await inbox.preferences(db, viewer), kinds=inbox.KINDS,
+                 done=done if done in inbox.DONE else "", prefs_error=prefs_error,
+                 **await _header(db, viewer, unread=listing.unread))
+
+
+def _inbox_refused(request: Request, settings: Settings, status: int, text_key: str) -> HTMLResponse:
+    return _page(request, settings, "notifications_notice.html", status=status, text_key=text_key)
+
+
+@router.post("/notifications/{notification_id}/read")
+async def notification_read(notification_id: str, request: Request, db: Db, settings: AppSettings,
+                            cursor: str = "") -> Response:
+    if not same_origin(request):
+        return _inbox_refused(request, settings, 403, "err.origin")
+    viewer = await _viewer(request, db, settings)
+    if not (notification_id.isdigit() and await inbox.mark_read(db, viewer, int(notification_id))):
+        return _page(request, settings, "notifications_notice.html", status=404, viewer=viewer,
+                     text_key="notif.not_found", **await _header(db, viewer))
+    query = urlencode({"done": "read", **({"cursor": cursor} if cursor else {})})
+    return _see_other(f"/notifications?{query}")
+
+
+@router.post("/notifications/read-all")
+async def notifications_read_all(request: Request, db: Db, settings: AppSettings) -> Response:
+    if not same_origin(request):
+        return _inbox_refused(request, settings, 403, "err.origin")
+    viewer = await _viewer(request, db, settings)
+    await inbox.mark_all_read(db, viewer)
+    return _see_other("/notifications?done=all")
+
+
+@router.post("/notifications/preferences")
+async def notification_preferences(request: Request, db: Db, settings: AppSettings,
+                                   in_app: Annotated[str, Form()] = "", email: Annotated[str, Form()] = "",
+                                   kinds: Annotated[list[str] | None, Form()] = None) -> Response:
+    if not same_origin(request):
+        return _inbox_refused(request, settings, 403, "err.origin")
+    viewer = await _viewer(request, db, settings)
+    try:  # an unchecked box is not sent at all: absent means off
+        await inbox.save_preferences(db, viewer, in_app=bool(in_app), email=bool(email), wanted=kinds or [])
+    except ValidationError:
+        return await _inbox_page(request, db, settings, viewer, "", status=422,
+                                 prefs_error=_loc(request, settings).t("notif.prefs.invalid"))
+    return _see_other("/notifications?done=prefs#preferences")
