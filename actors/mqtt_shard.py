@@ -26,6 +26,7 @@ import asyncpg
 import ray
 
 from actors import metrics
+from actors.heap import freeze_startup_heap
 from actors.known_devices import KnownDevices
 from actors.logs import setup_logging
 from meterray.backoff import Backoff
@@ -297,6 +298,7 @@ class MqttShard:
         self._name = name
         self._producer = AsyncProducer(settings.kafka_bootstrap, **SHARD_PRODUCER_CONFIG)
         self._core = MqttShardCore(settings, self._producer)
+        freeze_startup_heap()
 
     async def configure(self, conn: MqttConnection, index: int) -> dict[str, object]:
         await self._producer.start()
