@@ -33,6 +33,7 @@ from confluent_kafka import Message
 
 from actors import metrics
 from actors.consumer_stage import ConsumerStage
+from actors.heap import freeze_startup_heap
 from actors.known_devices import KnownDevices
 from actors.logs import setup_logging
 from meterray.device_info import DeviceInfo
@@ -48,6 +49,12 @@ from storage.kafka.producer import AsyncProducer
 log = logging.getLogger(__name__)
 
 GROUP_ID = "meterray-ch-writer"
+# A local day starts at local midnight, and since 2000 every zone's UTC offset and DST change in the tz
+# database falls on a quarter hour (the odd ones: +05:45 Nepal, +08:45 Eucla, +12:45 Chatham): so all of
+# a 15-minute UTC bucket has one local day, and a day is computed once per zone and bucket, not per record
+# (the codec refuses timestamps before 2000). Kept across batches, cleared past DAY_CACHE_MAX keys.
+DAY_BUCKET_MS = 15 * 60 * 1000
+DAY_CACHE_MAX = 100_000
 NAME = "ch-writer-0"  # the one that answers queries (with chdb:// there is only one)
 
 
@@ -67,12 +74,15 @@ class ChWriterCore(ConsumerStage):
         self._devices_caught_up = False
         self.device_records = 0
         self.rows = 0
+        self._days: dict[tuple[str, int], date] = {}  # (zone, 15-minute bucket of ts) → local day
 
     async def handle(self, messages: Sequence[Message]) -> None:
         timezones = await self._zones()
         refused: list[tuple[Message, str]] = []
         rows: list[ChRow] = []
-        days: dict[tuple[str, int], date] = {}
+        days = self._days
+        if len(days) > DAY_CACHE_MAX:
+            days.clear()
         batches: list[tuple[Message, ReadingBatch]] = []
         for m in messages:
             try:
@@ -92,11 +102,12 @@ class ChWriterCore(ConsumerStage):
             if batch.device_id in unknown:
                 continue
             tz = timezones.get(batch.device_id, self._default_tz)
-            day = days.get((tz, batch.ts_ms))
+            ts, device_id, source = batch.ts_ms, batch.device_id, batch.source
+            key = (tz, ts // DAY_BUCKET_MS)
+            day = days.get(key)
             if day is None:
-                day = days[(tz, batch.ts_ms)] = _local_day(batch.ts_ms, tz, self._default_tz)
-            rows.extend((batch.device_id, v.quantity, batch.ts_ms, v.value, v.unit, v.quality, batch.source, day)
-                        for v in batch.values)
+                day = days[key] = _local_day(ts, tz, self._default_tz)
+            rows += [(device_id, v.quantity, ts, v.value, v.unit, v.quality, source, day) for v in batch.values]
         await self.send_dead_letters(refused)
         started = time.perf_counter()
         await asyncio.to_thread(self._store.insert_readings, rows)
@@ -171,6 +182,7 @@ class ChWriter:
         self._producer: AsyncProducer | None = None
         self._pool: asyncpg.Pool | None = None
         self._core: ChWriterCore | None = None
+        freeze_startup_heap()
 
     async def start(self) -> None:
         if self._core is None:

@@ -25,6 +25,7 @@ import ray
 from confluent_kafka import KafkaException, Message
 
 from actors import metrics
+from actors.heap import freeze_startup_heap
 from actors.logs import setup_logging
 from meterray.backoff import Backoff
 from meterray.settings import Settings
@@ -262,6 +263,7 @@ class StageHost:
         self._core: ConsumerStage | None = None
         self._producer: AsyncProducer | None = None
         self._pool: asyncpg.Pool | None = None
+        freeze_startup_heap()  # actors/heap.py: full collections would walk the import-time heap
 
     async def start(self) -> None:
         if self._core is None:

@@ -26,6 +26,7 @@ import asyncpg
 import ray
 
 from actors import metrics
+from actors.heap import freeze_startup_heap
 from actors.known_devices import KnownDevices
 from actors.logs import setup_logging
 from meterray.backoff import Backoff
@@ -41,6 +42,7 @@ from storage.postgres.mqtt import register_mqtt_devices
 log = logging.getLogger(__name__)
 
 MAX_BATCH_MESSAGES = 2000
+METRICS_EVERY_S = 1.0  # Prometheus scrapes every 10-15 s: a second's delay in a counter is not seen
 MAX_PENDING_BATCHES = 8  # batches waiting for Kafka at once; the in-flight window bounds them anyway
 SHARD_PRODUCER_CONFIG: dict[str, object] = {"message.timeout.ms": 30_000, "linger.ms": 2,
                                             "reconnect.backoff.ms": 100, "reconnect.backoff.max.ms": 1000}
@@ -102,6 +104,21 @@ class MqttShardCore:
         self._delivering: set[asyncio.Task[None]] = set()
         self._decode: Decoder | None = None
         self._acks: asyncio.Queue[_Batch] = asyncio.Queue(MAX_PENDING_BATCHES)
+        # Counted here, handed to Ray's metrics at most once per METRICS_EVERY_S: at a few thousand
+        # messages/s a batch is a handful of messages, and three metric updates per batch cost more
+        # than decoding them.
+        self._unmetered_readings = 0
+        self._unmetered_dead = 0
+        self._metered_at = time.monotonic()
+
+    def _meter(self, force: bool = False) -> None:
+        if not force and time.monotonic() - self._metered_at < METRICS_EVERY_S:
+            return
+        self._metered_at = time.monotonic()
+        metrics.count(metrics.readings(), self._unmetered_readings, stage="mqtt-shard")
+        metrics.count(metrics.ingested_readings(), self._unmetered_readings, protocol="mqtt")
+        metrics.count(metrics.dead_letters(), self._unmetered_dead, stage="mqtt-shard")
+        self._unmetered_readings = self._unmetered_dead = 0
 
     async def configure(self, conn: MqttConnection, index: int) -> dict[str, object]:
         """Run this subscriber of `conn`; a changed configuration reconnects, an unchanged one does nothing."""
@@ -129,6 +146,7 @@ class MqttShardCore:
             self._loop.call_soon_threadsafe(self._wake.set)
 
     def health(self) -> dict[str, object]:
+        self._meter()  # the supervisor pings every few seconds: counts of a shard gone quiet get out too
         for t in self._tasks:
             if t.done() and not t.cancelled():
                 raise RuntimeError(f"{t.get_name()} died: {t.exception()!r}")
@@ -168,8 +186,8 @@ class MqttShardCore:
             records, n_readings = await self._records(batch.messages)
             await self._produce(records)
             self.stats.readings += n_readings
-            metrics.count(metrics.readings(), n_readings, stage="mqtt-shard")
-            metrics.count(metrics.ingested_readings(), n_readings, protocol="mqtt")
+            self._unmetered_readings += n_readings
+            self._meter()
             batch.done.set_result(None)
         except Exception as err:  # never expected (every failure above is retried): end the shard loudly
             log.exception("MQTT batch failed")
@@ -213,7 +231,7 @@ class MqttShardCore:
                         codec.encode_dead_letter(reason, m.payload, stage="mqtt-shard", topic=m.topic,
                                                  connection=self.conn.connection_id)))
         self.stats.dead_letters += len(dead)
-        metrics.count(metrics.dead_letters(), len(dead), stage="mqtt-shard")
+        self._unmetered_dead += len(dead)
         return out, n_readings
 
     async def _unknown(self, device_ids: set[str]) -> set[str]:
@@ -282,6 +300,7 @@ class MqttShardCore:
             t.cancel()
         await asyncio.gather(*self._tasks, *self._delivering, return_exceptions=True)
         self._tasks = []
+        self._meter(force=True)
         await self._close_session(forget_session)
         if self._pool is not None:
             await self._pool.close()
@@ -297,6 +316,7 @@ class MqttShard:
         self._name = name
         self._producer = AsyncProducer(settings.kafka_bootstrap, **SHARD_PRODUCER_CONFIG)
         self._core = MqttShardCore(settings, self._producer)
+        freeze_startup_heap()
 
     async def configure(self, conn: MqttConnection, index: int) -> dict[str, object]:
         await self._producer.start()

@@ -18,9 +18,12 @@ Measured for each side, from the first publish until everything published has re
   bench/modbus.py counts them) or of the baseline process; the load generators' CPU is reported
   beside them (`loadgen_cpu_s`), since on this machine they compete for the same cores.
 
-The local Mosquitto keeps at most `max_queued_messages` (1000 by default) unacknowledged messages
-per subscriber beyond the in-flight window and drops the rest: a side that falls behind loses
-messages there, and `lost` shows it.
+Mosquitto keeps at most `max_queued_messages` (1000 by default; scripts/services.sh configures a
+million) unacknowledged messages per subscriber beyond the in-flight window and drops the rest
+silently (mosquitto.conf(5)): a side that falls behind loses messages there. `lost` counts every
+loss; `lost_at_broker` is the part the broker dropped (its `$SYS/broker/publish/messages/dropped`
+counter over the side's run; broker-wide, so on a shared broker other clients' drops count too) and
+`lost_in_pipeline` the rest. The broker is `METERRAY_MQTT_HOST`/`METERRAY_MQTT_PORT`.
 """
 from __future__ import annotations
 
@@ -51,6 +54,70 @@ LOADGEN_RATE = 5000.0  # messages/s one load generator process offers comfortabl
 SAMPLED_DEVICES = 200
 DRAIN_STILL_S = 10.0  # the sink is drained when its count has not moved for this long
 DATAPOINTS_PER_MESSAGE = 3
+DROPPED_TOPIC = "$SYS/broker/publish/messages/dropped"  # mosquitto(8): dropped for inflight/queue limits
+SYS_INTERVAL_S = 10.0  # mosquitto.conf(5) sys_interval default: how stale the $SYS counters may be
+
+
+class BrokerDrops:
+    """Mosquitto's count of messages it dropped for its in-flight/queue limits, watched over one side's run.
+
+    The broker publishes `$SYS/broker/publish/messages/dropped` every `sys_interval` when it changed, as a
+    retained message that expires after 60 s (mosquitto 2.0): so a subscription kept for the whole run
+    sees every change, and gets the current total at once only if it changed in the last minute. No
+    value at all means no drop during the run; a value without a starting total means unknown (None).
+    """
+
+    def __init__(self, settings: Settings) -> None:
+        import paho.mqtt.client as mqtt
+        from paho.mqtt.enums import CallbackAPIVersion
+
+        self.values: list[int] = []
+        self._subscribed = threading.Event()
+        self._client = mqtt.Client(callback_api_version=CallbackAPIVersion.VERSION2,
+                                   client_id=f"bench-sys-{uuid.uuid4().hex[:8]}")
+        self._client.on_message = self._message
+        self._client.on_connect = lambda client, *_: client.subscribe(DROPPED_TOPIC, qos=0)
+        self._client.on_subscribe = lambda *_: self._subscribed.set()
+        self._settings = settings
+        self.base: int | None = None
+
+    def _message(self, _c: Any, _u: Any, msg: Any) -> None:
+        try:
+            self.values.append(int(msg.payload))
+        except ValueError:
+            pass
+
+    def start(self) -> BrokerDrops:
+        try:
+            self._client.connect(self._settings.mqtt_host, self._settings.mqtt_port, keepalive=30)
+        except OSError:
+            return self
+        self._client.loop_start()
+        self._subscribed.wait(10)
+        time.sleep(1.0)  # a retained total, if there is one, comes right after the SUBACK
+        self.base = self.values[-1] if self.values else None
+        self.values.clear()
+        return self
+
+    def dropped(self, lossy: bool) -> int | None:
+        """Messages dropped since `start` (after one more sys_interval when the side lost any)."""
+        if lossy:
+            time.sleep(SYS_INTERVAL_S + 1)
+        self._client.disconnect()
+        self._client.loop_stop()
+        if not self._subscribed.is_set():
+            return None
+        if not self.values:
+            return 0
+        return None if self.base is None else max(0, self.values[-1] - self.base)
+
+
+def _split_losses(result: dict[str, Any], drops: BrokerDrops) -> None:
+    """Add lost_at_broker / lost_in_pipeline to a side's result (None when the broker does not say)."""
+    lost = result["lost"]
+    dropped = drops.dropped(lossy=lost > 0)
+    result["lost_at_broker"] = None if dropped is None else min(lost, dropped)
+    result["lost_in_pipeline"] = None if dropped is None else lost - min(lost, dropped)
 
 
 def _loadgens(settings: Settings, prefix: str, device_prefix: str, devices: int, rate: float, seconds: float,
@@ -132,6 +199,7 @@ def run_baseline(settings: Settings, run_id: str, devices: int, rate: float, sec
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=REPO_ROOT)
     try:
         _wait_file(ready, proc, "the baseline subscriber")
+        drops = BrokerDrops(settings).start()
         cpu0 = _proc_cpu([proc.pid])
         _say(f"baseline: {devices} devices, {rate:.0f} messages/s for {seconds:.0f} s → plain paho subscriber → Kafka")
         load = _finish_loadgens(_loadgens(settings, prefix, f"b{run_id}-", devices, rate, seconds, work))
@@ -149,6 +217,7 @@ def run_baseline(settings: Settings, run_id: str, devices: int, rate: float, sec
                    r["p50_ms"], r["p99_ms"], r["delivered"])
     result["note"] = ("no PostgreSQL stage: payloads straight to Kafka; delays are publish → Kafka confirmed, "
                       "and data points are counted as 3 per delivered message")
+    _split_losses(result, drops)
     return result
 
 
@@ -226,6 +295,7 @@ def run_meterray(settings: Settings, run_id: str, devices: int, rate: float, sec
             cpu0, _ = _cpu_and_rss(procs)
             sampler = Sampler(settings.pg_dsn, ids[:: max(1, devices // SAMPLED_DEVICES)][:SAMPLED_DEVICES])
             sampler.start()
+            drops = BrokerDrops(settings).start()
             _say(f"meterray: {devices} devices, {rate:.0f} messages/s for {seconds:.0f} s, {subscribers} MQTT shards")
             load = _finish_loadgens(_loadgens(settings, prefix, device_prefix, devices, rate, seconds,
                                               settings.var_dir / "bench"))
@@ -252,6 +322,7 @@ def run_meterray(settings: Settings, run_id: str, devices: int, rate: float, sec
                                              "delivery_failures", "p50_ms", "p99_ms")} for s in shards],
                   note="delays are publish → queryable in PostgreSQL (readings_current sampled every 100 ms); "
                        "shard p50/p99 are MQTT receive → Kafka confirmed")
+    _split_losses(result, drops)
     return result
 
 
@@ -308,6 +379,7 @@ def run_benchmark(settings: Settings, devices: int, rate: float, seconds: float,
     from storage.kafka.topics import ALL_TOPICS
 
     raise_open_files_limit()
+    load_start = [round(x, 2) for x in os.getloadavg()]
     run_id = uuid.uuid4().hex[:6]
     dsn = asyncio.run(recreate_database(settings.pg_dsn, "meterray_bench_mqtt"))
     settings = settings.model_copy(update={"pg_dsn": dsn, "kafka_topic_prefix": f"bench-{run_id}.",
@@ -330,6 +402,8 @@ def run_benchmark(settings: Settings, devices: int, rate: float, seconds: float,
     ratio = (round(meterray["achieved_messages_per_s"] / baseline["achieved_messages_per_s"], 2)
              if baseline["achieved_messages_per_s"] else None)
     result = {"scenario": "mqtt", "devices": devices, "rate": rate, "seconds": seconds, "subscribers": subscribers,
+              "broker": f"{settings.mqtt_host}:{settings.mqtt_port}",
+              "load_average_start": load_start, "load_average_end": [round(x, 2) for x in os.getloadavg()],
               "meterray": meterray, "baseline": baseline, "rate_ratio_meterray_to_baseline": ratio,
               "measured_at": datetime.now(timezone.utc).isoformat(timespec="seconds"), "cpus": os.cpu_count()}
     RESULTS.mkdir(parents=True, exist_ok=True)

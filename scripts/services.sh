@@ -441,6 +441,17 @@ mqtt_write_conf() {
     echo "persistence true"
     echo "persistence_location $MQTT_DIR/data/"
     echo "autosave_interval 60"
+    # Queue limits (mosquitto.conf(5)): the broker sends a subscriber at most max_inflight_messages
+    # unacknowledged QoS 1 messages (an MQTT 5 client's Receive Maximum lowers it; meterray's shards ask
+    # for ~100, DESIGN.md) and queues at most max_queued_messages / max_queued_bytes more per session;
+    # past either limit it drops the message silently (counted in $SYS/broker/publish/messages/dropped).
+    # The defaults (20 in flight, 1000 queued) drop at once when a shard lags a second behind a
+    # 10,000 messages/s fleet, or restarts. A million messages per session rides out a shard restart or
+    # a Kafka outage of ~100 s at 10,000 messages/s (2 shards: ~200 s); the byte limit bounds the broker's
+    # memory (payload bytes per session) when the messages are large gateway batches.
+    echo "max_inflight_messages 100"
+    echo "max_queued_messages 1000000"
+    echo "max_queued_bytes 268435456"
     echo "pid_file $(pidfile mosquitto)"
     echo "log_dest file $LOGDIR/mosquitto.log"
     echo "log_type error"
