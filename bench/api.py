@@ -66,7 +66,8 @@ class Rig:
         self.settings = settings.model_copy(update={
             "pg_dsn": dsn, "kafka_topic_prefix": f"bench-{self.run_id}.",
             "ray_namespace": f"meterray-bench-{self.run_id}",
-            "api_port": api_port, "metrics_port": api_port + 1, "dashboard_port": api_port + 2})
+            "api_port": api_port, "metrics_port": api_port + 1, "dashboard_port": api_port + 2,
+            "api_haproxy_stats_port": api_port + 3, "api_haproxy_metrics_port": api_port + 4})
         self.meters, self.interval_s = meters, interval_s
         self.url = f"http://{self.settings.api_host}:{api_port}"
         self.sim: subprocess.Popen[bytes] | None = None
@@ -143,8 +144,10 @@ class Rig:
         result["cpu_s_by_process"] = {k: round(v, 2) for k, v in sorted(by_name.items(), key=lambda kv: -kv[1])
                                       if v >= 0.05}
         # Serve's two hops, per request sent: the figure that holds on a busy machine, where latency does not.
+        # The proxy: Serve's Python proxy, or HAProxy and the actor that configures it (api_ingress).
+        proxy = sum(by_name.get(n, 0.0) for n in ("ProxyActor", "haproxy", "HAProxyManager"))
         result["cpu_ms_per_request"] = {
-            "proxy": round(by_name.get("ProxyActor", 0.0) * 1000 / result["sent"], 2),
+            "proxy": round(proxy * 1000 / result["sent"], 2),
             "replica": round(by_name.get("ServeReplica:monitoring:monitoring", 0.0) * 1000 / result["sent"], 2)}
         return result
 
@@ -260,6 +263,7 @@ def run_benchmark(settings: Settings, meters: int, interval_s: float, rate: floa
     finally:
         rig.stop()
     run = {"commit": _commit(), "meters": meters, "interval_s": interval_s,
+           "ingress": settings.api_ingress,
            "serve_env": {k: v for k, v in sorted(os.environ.items()) if k.startswith("RAY_SERVE_")},
            "paths": paths, "capacity": found, "overload": shed,
            "measured_at": datetime.now(timezone.utc).isoformat(timespec="seconds"), "cpus": os.cpu_count()}

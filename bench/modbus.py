@@ -64,7 +64,8 @@ def raise_open_files_limit() -> tuple[int, int]:
 
 
 def _meterray_processes() -> list[psutil.Process]:
-    """The driver and every Ray worker process it started (actors included); not raylet or GCS."""
+    """The driver and every Ray worker process it started (actors included), and Serve's HAProxy; not raylet
+    or GCS."""
     me = psutil.Process()
     found = [me]
     for p in me.children(recursive=True):
@@ -74,8 +75,8 @@ def _meterray_processes() -> list[psutil.Process]:
             continue
         if cmd.startswith("ray::") and cmd.split()[0].removeprefix("ray::") in RAY_DAEMONS:
             continue
-        if cmd.startswith("ray::") or "default_worker.py" in cmd:
-            found.append(p)
+        if cmd.startswith("ray::") or "default_worker.py" in cmd or cmd.split(" ", 1)[0].endswith("/haproxy"):
+            found.append(p)  # HAProxy: Serve's HTTP ingress when METERRAY_API_INGRESS=haproxy
     return found
 
 
@@ -84,6 +85,8 @@ def process_name(cmdline: list[str]) -> str:
     `ray::<Class>.<method>` (`ray::ModbusShard.ping`) and an idle one `ray::<Class>`, so the name is cut
     at the first dot: one name per actor whatever it was doing when sampled."""
     name = cmdline[0]
+    if name.endswith("/haproxy"):
+        return "haproxy"
     if name.startswith("ray::"):
         return name.removeprefix("ray::").split(".", 1)[0]
     return "idle worker" if "default_worker" in " ".join(cmdline) else name

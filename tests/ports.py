@@ -38,6 +38,7 @@ TABLE: dict[str, Ports] = {
     "node-loss-sim": Ports(60, 2, control=True),
     "audit-closed": Ports(70),  # nothing listens here
     "ops-sim": Ports(74, 1, control=True),
+    "haproxy-bench-sim": Ports(86, 1, control=True),  # tests/serve_apps/test_haproxy_ingress.py
     "partner-sim": Ports(80),
     "partner-sim-2": Ports(81),
     "demo-partners": Ports(82),

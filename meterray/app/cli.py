@@ -112,6 +112,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     b.add_argument("--seconds", type=float, default=60.0, help="measured window per path and side (default 60)")
     b.add_argument("--label", default="after", help="the run's name in api.json (default after; before: old code)")
     b.add_argument("--api-port", type=int, default=18400, help="the bench's own API port (default 18400)")
+    b.add_argument("--ingress", choices=("proxy", "haproxy"), default=None,
+                   help="Serve's Python proxy or HAProxy in front of the replicas (default: METERRAY_API_INGRESS)")
     b.add_argument("--no-search", action="store_true", help="skip the capacity search and the overload probe")
     b.add_argument("--start", type=float, default=25.0, help="capacity search: first rate, requests/s (default 25)")
     b.add_argument("--step", type=float, default=25.0, help="capacity search: requests/s per step (default 25)")
@@ -344,6 +346,8 @@ def _bench_api(settings: Settings, args: argparse.Namespace) -> int:
         print("meterray bench api: --meters, --rate, --seconds, --start, --step and --probe-seconds must be positive",
               file=sys.stderr)
         return 2
+    if args.ingress:
+        settings = settings.model_copy(update={"api_ingress": args.ingress})
     result = run_benchmark(settings, args.meters, args.interval, args.rate, args.seconds, args.label, args.api_port,
                            not args.no_search, args.start, args.step, args.top, args.probe_seconds,
                            0.0 if args.no_search else args.overload_rate)

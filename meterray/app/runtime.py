@@ -11,7 +11,7 @@ from ray import serve
 
 from meterray.placement import local_node_resources
 from meterray.settings import Settings
-from serve_apps.capacity import SERVE_THROUGHPUT_ENV
+from serve_apps.capacity import serve_env
 from serve_apps.monitoring.runtime import ConsumerGroup, RuntimeSources
 
 log = logging.getLogger(__name__)
@@ -24,13 +24,14 @@ def init_ray(settings: Settings, *, dashboard: bool = True) -> None:
     # Local runs bind every port to 127.0.0.1; Ray's token auth would only lock the dashboard.
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
-    for name, value in SERVE_THROUGHPUT_ENV.items():  # Serve's proxy and replicas inherit them (serve_apps.capacity)
-        os.environ.setdefault(name, value)
     if ray.is_initialized():
         return
-    if settings.ray_address:
+    if settings.ray_address:  # a cluster's Serve switches are its pods' environment (k8s/base/rayservice.yaml)
         ray.init(address=settings.ray_address, namespace=settings.ray_namespace, log_to_driver=False)
         return
+    # Serve's proxy and replicas inherit these (serve_apps.capacity); this runtime's own, even where the
+    # environment holds another's (the demo started from a test).
+    os.environ.update(serve_env(settings))
     ray.init(
         num_cpus=settings.ray_num_cpus,
         resources=local_node_resources(settings),  # one node runs every actor (meterray.placement)
