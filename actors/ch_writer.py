@@ -32,18 +32,16 @@ import ray
 from confluent_kafka import Message
 
 from actors import metrics
-from actors.consumer_stage import ConsumerStage
-from actors.heap import freeze_startup_heap
+from actors.consumer_stage import ConsumerStage, StageHost
 from actors.known_devices import KnownDevices
-from actors.logs import setup_logging
+from actors.sink_input import storable
 from meterray.device_info import DeviceInfo
-from meterray.domain import ReadingBatch
 from meterray.intervals import TimezoneError, zone
 from meterray.settings import Settings
 from storage import sink_errors
 from storage.clickhouse import queries
 from storage.clickhouse.store import ChRow, ClickHouseStore
-from storage.kafka import codec, device_topic, topics
+from storage.kafka import device_topic, topics
 from storage.kafka.producer import AsyncProducer
 
 log = logging.getLogger(__name__)
@@ -78,29 +76,12 @@ class ChWriterCore(ConsumerStage):
 
     async def handle(self, messages: Sequence[Message]) -> None:
         timezones = await self._zones()
-        refused: list[tuple[Message, str]] = []
         rows: list[ChRow] = []
         days = self._days
         if len(days) > DAY_CACHE_MAX:
             days.clear()
-        batches: list[tuple[Message, ReadingBatch]] = []
-        for m in messages:
-            try:
-                batch = codec.decode(m.value())
-            except codec.CodecError as err:
-                refused.append((m, str(err)))
-                continue
-            if not isinstance(batch, ReadingBatch):
-                refused.append((m, "a failure record reached the readings topic (failures belong in readings.raw)"))
-                continue
-            batches.append((m, batch))
-        # As the PostgreSQL writer: a device not registered in devices.devices is refused by both sinks.
-        unknown = await self._known.unknown({b.device_id for _, b in batches})
-        refused += [(m, f"unknown device {b.device_id!r}: not registered in devices.devices")
-                    for m, b in batches if b.device_id in unknown]
-        for _, batch in batches:
-            if batch.device_id in unknown:
-                continue
+        batches, refused = await storable(messages, self._known)  # the same records as the PostgreSQL writer
+        for batch in batches:
             tz = timezones.get(batch.device_id, self._default_tz)
             ts, device_id, source = batch.ts_ms, batch.device_id, batch.source
             key = (tz, ts // DAY_BUCKET_MS)
@@ -170,32 +151,18 @@ def _local_day(ts_ms: int, tz_name: str, default: str) -> date:
 
 
 @ray.remote(num_cpus=0, max_restarts=0)
-class ChWriter:
+class ChWriter(StageHost):
     """Ray actor around ChWriterCore; the supervisor recreates it when it dies. Owns the process's
     ClickHouse clients (with chdb://, the engine itself) and answers aggregate queries on them."""
 
+    pool_size = 1  # only for KnownDevices
+
     def __init__(self, settings: Settings, member: str) -> None:
-        setup_logging(settings.log_level, member)
-        self._settings = settings
-        self._member = member
+        super().__init__(settings, member)
         self._store = ClickHouseStore(settings.clickhouse, settings.clickhouse_database)
-        self._producer: AsyncProducer | None = None
-        self._pool: asyncpg.Pool | None = None
-        self._core: ChWriterCore | None = None
-        freeze_startup_heap()
 
-    async def start(self) -> None:
-        if self._core is None:
-            self._pool = await asyncpg.create_pool(self._settings.pg_dsn, min_size=1, max_size=1)
-            self._producer = AsyncProducer(self._settings.kafka_bootstrap)
-            await self._producer.start()
-            self._core = ChWriterCore(self._settings, self._store, self._pool, self._producer, self._member)
-            await self._core.start()
-
-    async def ping(self) -> dict[str, object]:
-        if self._core is None:
-            raise RuntimeError("start() was not called")
-        return {**await self._core.ping(), "node_id": ray.get_runtime_context().get_node_id()}
+    def _make_core(self, pool: asyncpg.Pool, producer: AsyncProducer) -> ConsumerStage:
+        return ChWriterCore(self._settings, self._store, pool, producer, self._member)
 
     async def aggregates(self, quantity: str, interval: str, start: datetime | date, end: datetime | date,
                          device_id: str | None = None,
@@ -215,12 +182,7 @@ class ChWriter:
                                                                   device_ids))
 
     async def stop(self) -> None:
-        if self._core is not None:
-            await self._core.stop()
-        if self._producer is not None:
-            await self._producer.close()
-        if self._pool is not None:
-            await self._pool.close()
+        await super().stop()
         await asyncio.to_thread(self._store.close)
 
 

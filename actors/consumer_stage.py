@@ -255,6 +255,7 @@ class StageHost:
     """The body of a stage's Ray actor: owns the process's PostgreSQL pool and Kafka producer."""
 
     core_class: Callable[[Settings, asyncpg.Pool, AsyncProducer, str], ConsumerStage]
+    pool_size = 2
 
     def __init__(self, settings: Settings, member: str) -> None:
         setup_logging(settings.log_level, member)
@@ -267,11 +268,14 @@ class StageHost:
 
     async def start(self) -> None:
         if self._core is None:
-            self._pool = await asyncpg.create_pool(self._settings.pg_dsn, min_size=1, max_size=2)
+            self._pool = await asyncpg.create_pool(self._settings.pg_dsn, min_size=1, max_size=self.pool_size)
             self._producer = AsyncProducer(self._settings.kafka_bootstrap)
             await self._producer.start()
-            self._core = self.core_class(self._settings, self._pool, self._producer, self._member)
+            self._core = self._make_core(self._pool, self._producer)
             await self._core.start()
+
+    def _make_core(self, pool: asyncpg.Pool, producer: AsyncProducer) -> ConsumerStage:
+        return self.core_class(self._settings, pool, producer, self._member)
 
     async def ping(self) -> dict[str, object]:
         if self._core is None:

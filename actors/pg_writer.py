@@ -18,9 +18,9 @@ from confluent_kafka import Message
 from actors import metrics
 from actors.consumer_stage import ConsumerStage, StageHost
 from actors.known_devices import KnownDevices
-from meterray.domain import ReadingBatch
+from actors.sink_input import storable
 from meterray.settings import Settings
-from storage.kafka import codec, topics
+from storage.kafka import topics
 from storage.kafka.producer import AsyncProducer
 from storage.postgres.readings import ReadingRow, ReadingsWriter
 
@@ -39,28 +39,12 @@ class PgWriterCore(ConsumerStage):
         self._known = KnownDevices(pool)
 
     async def handle(self, messages: Sequence[Message]) -> None:
-        batches: list[tuple[Message, ReadingBatch]] = []
-        refused: list[tuple[Message, str]] = []
-        for m in messages:
-            try:
-                batch = codec.decode(m.value())
-            except codec.CodecError as err:
-                refused.append((m, str(err)))
-                continue
-            if isinstance(batch, ReadingBatch):
-                batches.append((m, batch))
-            else:
-                refused.append((m, "a failure record reached the readings topic (failures belong in readings.raw)"))
-        unknown = await self._known.unknown({b.device_id for _, b in batches})
-        if unknown:
-            refused += [(m, f"unknown device {b.device_id!r}: not registered in devices.devices")
-                        for m, b in batches if b.device_id in unknown]
+        batches, refused = await storable(messages, self._known)
         await self.send_dead_letters(refused)
         rows: list[ReadingRow] = []
-        for _, batch in batches:
-            if batch.device_id not in unknown:
-                device_id, ts, source = batch.device_id, batch.ts_ms, batch.source
-                rows.extend([(device_id, v.quantity, ts, v.value, v.unit, v.quality, source) for v in batch.values])
+        for batch in batches:
+            device_id, ts, source = batch.device_id, batch.ts_ms, batch.source
+            rows.extend([(device_id, v.quantity, ts, v.value, v.unit, v.quality, source) for v in batch.values])
         started = time.perf_counter()
         async with self._pool.acquire() as conn:
             await self._writer.write(conn, rows)
