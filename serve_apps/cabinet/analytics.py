@@ -1,7 +1,7 @@
 """What the cabinet shows from the analytics APIs (forecasts, recommendations, the ClickHouse copy), read
-through those APIs' own functions in-process, after the cabinet's scope check (data.device): the forecast
-band of a device's consumption chart, the organisation's forecast beside the dashboard's totals, the
-recommendations with their numbers, and a year of half-hours for one chart.
+through those APIs' own functions in-process, with the APIs' own scope checks (data.visible; data.device
+where a function has none): the forecast band of a device's consumption chart, the organisation's forecast
+beside the dashboard's totals, the recommendations with their numbers, and a year of half-hours for one chart.
 
 The forecasting model is day-ahead (meterray.forecasting): today's half-hours are forecast at the last local
 midnight, tomorrow's with today's values as far as known (serve_apps.forecasting.service). So the band
@@ -254,13 +254,12 @@ async def year_series(db: asyncpg.Pool, settings: Settings, viewer: Viewer, devi
     """The last YEAR_DAYS days of half-hour energy from the aggregates API (ClickHouse), as one column on a
     regular grid: x is `start + i * step` (not sent), y null where no reading was copied. About 6 bytes a
     half-hour: a year is ~100 kB, not the ~2 MB of the API's objects."""
-    await data.device(db, viewer, device_id)
     now = datetime.now(timezone.utc)
     hi = now.replace(minute=30 * (now.minute // 30), second=0, microsecond=0) + HALF_HOUR
     lo = hi - timedelta(days=YEAR_DAYS)
-    body = await aggregates_api.device_aggregates(device_id=device_id, who=viewer.principal, db=db,
-                                                  settings=settings, interval="30m", start=lo, end=hi,
-                                                  quantity=data.ACTIVE_IMPORT)
+    body = await data.visible(aggregates_api.device_aggregates(
+        device_id=device_id, who=viewer.principal, db=db, settings=settings, interval="30m", start=lo, end=hi,
+        quantity=data.ACTIVE_IMPORT), device_id)
     step = int(HALF_HOUR.total_seconds())
     first = int(lo.timestamp())
     y: list[float | None] = [None] * (YEAR_DAYS * 48)

@@ -1,13 +1,14 @@
 """What the cabinet's pages show, read through the monitoring and users APIs' own functions (in-process: the
-cabinet runs in the monitoring replica), after the cabinet's scope check (storage.postgres.cabinet): a
-device the viewer may not see is never passed on, so another organisation's device is a 404 here even
-where an API function does not scope by organisation itself."""
+cabinet runs in the monitoring replica), each with the API's own rule of who may read a device
+(meterray.access through `scope_of`): another organisation's device answers the API's 404, which is the
+cabinet's NotVisible, the same as a device that does not exist."""
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Awaitable
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
-from typing import Any
+from typing import Any, TypeVar
 
 import asyncpg
 from fastapi import HTTPException
@@ -21,6 +22,7 @@ from serve_apps.monitoring import consumption as consumption_api
 from serve_apps.monitoring import routes as monitoring_api
 from serve_apps.monitoring.schemas import ConsumptionOut, CurrentReadings, DeviceHealth, EnergyOut, ReadingHistory
 from storage.postgres import cabinet as repo
+from storage.postgres import devices
 
 ACTIVE_IMPORT = "1-0:1.8.0"
 # How far back each interval's chart reaches (the consumption API serves at most 93 days a request).
@@ -30,6 +32,9 @@ ARCHIVE_RANGE = {"1d": timedelta(days=1), "7d": timedelta(days=7), "30d": timede
 ARCHIVE_POINTS = 10_000  # the archive API's most per request
 # The dashboard's totals are derived per meter from the archive (no stored roll-up yet): bounded.
 DASHBOARD_METERS = 25
+
+
+T = TypeVar("T")
 
 
 class NotVisible(Exception):
@@ -46,10 +51,20 @@ class Totals:
 
 
 async def device(db: asyncpg.Pool, viewer: Viewer, device_id: str) -> asyncpg.Record:
-    row = await repo.visible_device(db, viewer.principal.organisation_id, viewer.everything, device_id)
+    row = await devices.get_device(db, device_id, organisation_id=_reads(viewer).organisation_id)
     if row is None:
         raise NotVisible(device_id)
     return row
+
+
+async def visible(answer: Awaitable[T], device_id: str) -> T:
+    """An API function's answer about a device, its 404 (absent, or not the viewer's) as NotVisible."""
+    try:
+        return await answer
+    except HTTPException as err:
+        if err.status_code == 404:
+            raise NotVisible(device_id) from None
+        raise
 
 
 def _reads(viewer: Viewer) -> Scope:
@@ -58,29 +73,26 @@ def _reads(viewer: Viewer) -> Scope:
 
 
 async def current(db: asyncpg.Pool, viewer: Viewer, device_id: str) -> CurrentReadings:
-    await device(db, viewer, device_id)
-    return await monitoring_api.current_readings(device_id=device_id, db=db, scope=_reads(viewer))
+    return await visible(monitoring_api.current_readings(device_id=device_id, db=db, scope=_reads(viewer)), device_id)
 
 
 async def health(db: asyncpg.Pool, viewer: Viewer, device_id: str) -> DeviceHealth:
-    await device(db, viewer, device_id)
-    return await monitoring_api.device_health(device_id=device_id, db=db, scope=_reads(viewer))
+    return await visible(monitoring_api.device_health(device_id=device_id, db=db, scope=_reads(viewer)), device_id)
 
 
 async def consumption(db: asyncpg.Pool, settings: Settings, viewer: Viewer, device_id: str, size: Size,
                       quantity: str = ACTIVE_IMPORT) -> ConsumptionOut:
-    await device(db, viewer, device_id)
     end = datetime.now(timezone.utc)
-    return await consumption_api.consumption(device_id=device_id, db=db, settings=settings, scope=_reads(viewer),
-                                             start=end - CONSUMPTION_RANGE[size], end=end, interval=size,
-                                             quantity=quantity)
+    return await visible(consumption_api.consumption(
+        device_id=device_id, db=db, settings=settings, scope=_reads(viewer), start=end - CONSUMPTION_RANGE[size],
+        end=end, interval=size, quantity=quantity), device_id)
 
 
 async def archive(db: asyncpg.Pool, viewer: Viewer, device_id: str, quantity: str, period: str) -> ReadingHistory:
-    await device(db, viewer, device_id)
     end = datetime.now(timezone.utc)
-    return await monitoring_api.reading_history(device_id=device_id, db=db, scope=_reads(viewer), quantity=quantity,
-                                                 start=end - ARCHIVE_RANGE[period], end=end, limit=ARCHIVE_POINTS)
+    return await visible(monitoring_api.reading_history(
+        device_id=device_id, db=db, scope=_reads(viewer), quantity=quantity, start=end - ARCHIVE_RANGE[period],
+        end=end, limit=ARCHIVE_POINTS), device_id)
 
 
 async def totals(db: asyncpg.Pool, settings: Settings, viewer: Viewer, month_start: datetime) -> Totals | None:

@@ -10,12 +10,13 @@ from fastapi import HTTPException
 from meterray.access import Action
 from meterray.identity import Principal
 from serve_apps.auth import scope_of
+from storage.postgres import devices
 from storage.postgres import forecasting as repo
 
 
 async def visible_device(db: asyncpg.Pool, who: Principal, device_id: str) -> None:
-    exists, org = await repo.device_organisation(db, device_id)
-    if not exists or not scope_of(who, Action.READ_DEVICES).covers(org):
+    scope = scope_of(who, Action.READ_DEVICES)
+    if await devices.get_device(db, device_id, organisation_id=scope.organisation_id) is None:
         raise HTTPException(404, f"no device {device_id!r}")
 
 

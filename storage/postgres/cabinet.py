@@ -57,16 +57,6 @@ async def status_counts(conn: asyncpg.Connection | asyncpg.Pool, organisation_id
     return {r["status"]: r["n"] for r in rows}
 
 
-async def visible_device(conn: asyncpg.Connection | asyncpg.Pool, organisation_id: UUID | None, everything: bool,
-                         device_id: str) -> asyncpg.Record | None:
-    """The device if this principal may see it, else None (absent and not theirs look the same)."""
-    return await conn.fetchrow(
-        f"SELECT d.id, d.name, d.protocol, d.profile, d.timezone FROM devices.devices d"
-        f" WHERE {_SCOPE} AND d.id = $3",
-        organisation_id, everything, device_id,
-    )
-
-
 async def metered_ids(conn: asyncpg.Connection | asyncpg.Pool, organisation_id: UUID | None, everything: bool,
                       quantity: str, limit: int) -> list[str]:
     """Devices (at most `limit`, in id order) that have a current value of `quantity`: those with a register

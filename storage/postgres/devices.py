@@ -187,7 +187,7 @@ async def get_device(conn: asyncpg.Connection | asyncpg.Pool, device_id: str, *,
                      organisation_id: UUID | None) -> asyncpg.Record | None:
     """The device, if it exists and belongs to the organisation (None: any); another's is None, like a missing one."""
     return await conn.fetchrow(
-        "SELECT id, name, protocol, profile, organisation_id FROM devices.devices d"
+        "SELECT id, name, protocol, profile, organisation_id, timezone FROM devices.devices d"
         " WHERE id = $1 AND ($2::uuid IS NULL OR d.organisation_id = $2)", device_id, organisation_id)
 
 

@@ -43,12 +43,6 @@ async def device_series(conn: asyncpg.Connection | asyncpg.Pool, device: Meterin
     return Series(first, values)
 
 
-async def device_organisation(conn: asyncpg.Connection | asyncpg.Pool, device_id: str) -> tuple[bool, UUID | None]:
-    """(exists, organisation id) of a device."""
-    row = await conn.fetchrow("SELECT organisation_id FROM devices.devices WHERE id = $1", device_id)
-    return (False, None) if row is None else (True, row["organisation_id"])
-
-
 async def organisation_devices(conn: asyncpg.Connection | asyncpg.Pool, organisation_id: UUID) -> list[str]:
     return [r["id"] for r in await conn.fetch(
         "SELECT id FROM devices.devices WHERE organisation_id = $1 ORDER BY id", organisation_id)]
