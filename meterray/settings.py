@@ -89,9 +89,10 @@ class Settings(BaseModel):
     api_request_timeout_s: float = Field(15.0, gt=0, le=3600)  # end to end at the proxy: 408 past it
     # Who takes HTTP in front of the replicas: Serve's Python proxy, or HAProxy with each ingress replica
     # serving HTTP itself (Serve's direct ingress; serve_apps/capacity.py has the figures).
-    api_ingress: Literal["proxy", "haproxy"] = "proxy"
-    api_haproxy_stats_port: int = Field(8404, ge=1, le=65535)  # HAProxy's own stats and Prometheus pages
-    api_haproxy_metrics_port: int = Field(9101, ge=1, le=65535)
+    api_ingress: Literal["proxy", "haproxy"] = "haproxy"
+    # HAProxy's own stats and Prometheus pages; unset: the API port + 3 and + 4 (one runtime's, not another's)
+    api_haproxy_stats_port: int | None = Field(None, ge=1, le=65535)
+    api_haproxy_metrics_port: int | None = Field(None, ge=1, le=65535)
     device_processors: int = Field(1, ge=1)
     pg_writers: int = Field(1, ge=1)
     log_level: str = "INFO"

@@ -2,8 +2,11 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import os
+import time
+import urllib.request
 from typing import Any
 
 import ray
@@ -109,7 +112,29 @@ def start_api(settings: Settings) -> str:
     serve.run(build_app(settings, runtime_sources(settings)), name="monitoring", route_prefix="/", blocking=False)
     start_users_api(settings)
     start_notifications_api(settings)
-    return f"http://{settings.api_host}:{settings.api_port}"
+    url = f"http://{settings.api_host}:{settings.api_port}"
+    wait_routed(url, {"monitoring", "users", "users-me", "users-admin", "notifications"})
+    return url
+
+
+def wait_routed(url: str, apps: set[str], timeout_s: float = 180.0) -> None:
+    """Until the ingress routes every application: Serve deploys an application before its proxy (or
+    HAProxy, which learns the table later still) sends it requests, and until then its prefix answers 404
+    or goes to the application at `/`."""
+    deadline = time.monotonic() + timeout_s
+    routed: set[str] = set()
+    while True:
+        try:
+            with urllib.request.urlopen(f"{url}/-/routes", timeout=5) as resp:
+                routed = set(json.loads(resp.read()).values())
+        except (OSError, ValueError):
+            routed = set()
+        if apps <= routed:
+            return
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"the HTTP ingress at {url} did not route {sorted(apps - routed)} within "
+                               f"{timeout_s:.0f} s: see Serve's logs under the Ray session directory")
+        time.sleep(0.5)
 
 
 def start_notifications_api(settings: Settings) -> str:
