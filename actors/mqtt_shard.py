@@ -18,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import re
 import time
 from collections import deque
 from dataclasses import dataclass
@@ -46,6 +47,15 @@ METRICS_EVERY_S = 1.0  # Prometheus scrapes every 10-15 s: a second's delay in a
 MAX_PENDING_BATCHES = 8  # batches waiting for Kafka at once; the in-flight window bounds them anyway
 SHARD_PRODUCER_CONFIG: dict[str, object] = {"message.timeout.ms": 30_000, "linger.ms": 2,
                                             "reconnect.backoff.ms": 100, "reconnect.backoff.max.ms": 1000}
+
+
+def share_group(namespace: str, conn: MqttConnection) -> str:
+    """The group the connection names, else the connection's own within this runtime: a stopped runtime's
+    persistent sessions (another test run, a demo beside a run, on one broker) stay subscribed in their
+    group, and a group shared with them would hand them their turn of the messages."""
+    if conn.share_group:
+        return conn.share_group
+    return re.sub(r"[^A-Za-z0-9._:@-]", "_", f"{namespace}.{conn.group}")[:120]
 
 
 def client_id(namespace: str, conn: MqttConnection, index: int) -> str:
@@ -132,7 +142,8 @@ class MqttShardCore:
                            asyncio.create_task(self._ack_loop(), name="mqtt-ack")]
         self._decode = decoder_for(conn)
         spec = SessionSpec(conn.host, conn.port, client_id(self._settings.ray_namespace, conn, index),
-                           conn.topic_filter, conn.group, conn.inflight, conn.session_expiry_s)
+                           conn.topic_filter, share_group(self._settings.ray_namespace, conn), conn.inflight,
+                           conn.session_expiry_s)
         self._subscriber = Subscriber(spec, self._received)
         self._subscriber.start()
         return {"changed": True, "client_id": spec.client_id, "subscription": spec.subscription}

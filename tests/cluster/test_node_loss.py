@@ -47,7 +47,7 @@ RECOVERY_BOUND_S = 120.0
 
 
 def _env(settings: Settings) -> dict[str, str]:
-    env = {f"METERRAY_{k.upper()}": str(v) for k, v in settings.model_dump(mode="json").items()}
+    env = {f"METERRAY_{k.upper()}": str(v) for k, v in settings.model_dump(mode="json").items() if v is not None}
     return {**env, "METERRAY_RAY_ADDRESS": "auto", "RAY_ADDRESS": f"127.0.0.1:{HEAD_PORT}",
             "PYTHONPATH": str(REPO_ROOT), "RAY_AUTH_MODE": "disabled", "RAY_USAGE_STATS_ENABLED": "0",
             "RAY_worker_niceness": "0"}
