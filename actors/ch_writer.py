@@ -34,6 +34,7 @@ from confluent_kafka import Message
 from actors import metrics
 from actors.consumer_stage import ConsumerStage, StageHost
 from actors.known_devices import KnownDevices
+from actors.priority import lower_priority
 from actors.sink_input import storable
 from meterray.device_info import DeviceInfo
 from meterray.intervals import TimezoneError, zone
@@ -63,6 +64,7 @@ class ChWriterCore(ConsumerStage):
     def __init__(self, settings: Settings, store: ClickHouseStore, pool: asyncpg.Pool, producer: AsyncProducer,
                  member: str, consumer_config: Mapping[str, Any] | None = None) -> None:
         super().__init__(settings, GROUP_ID, topics.READINGS, member, producer, consumer_config)
+        self.batch_wait_s = settings.ch_batch_wait_s
         self._store = store
         self._known = KnownDevices(pool)
         self._default_tz = settings.default_timezone
@@ -158,6 +160,7 @@ class ChWriter(StageHost):
     pool_size = 1  # only for KnownDevices
 
     def __init__(self, settings: Settings, member: str) -> None:
+        lower_priority(settings.ch_writer_niceness)  # before chDB starts its threads: they inherit it
         super().__init__(settings, member)
         self._store = ClickHouseStore(settings.clickhouse, settings.clickhouse_database)
 

@@ -25,9 +25,9 @@ import ray
 from confluent_kafka import KafkaException, Message
 
 from actors import metrics
-from actors.heap import freeze_startup_heap
 from actors.logs import setup_logging
 from meterray.backoff import Backoff
+from meterray.heap import freeze_startup_heap
 from meterray.settings import Settings
 from storage import sink_errors
 from storage.kafka import codec, topics
@@ -52,6 +52,7 @@ class ConsumerStage:
 
     role = "stage"
     max_batch = 2000
+    batch_wait_s = 0.5  # a poll waits this long for max_batch messages, then takes what came
 
     def __init__(self, settings: Settings, group_id: str, topic: str, member: str, producer: AsyncProducer,
                  consumer_config: Mapping[str, Any] | None = None) -> None:
@@ -124,7 +125,7 @@ class ConsumerStage:
 
     # The steps of one round, public so a test can stop between any two of them.
     async def poll_batch(self) -> list[Message]:
-        messages = await self._consumer.get_batch(self.max_batch)
+        messages = await self._consumer.get_batch(self.max_batch, self.batch_wait_s)
         if messages:
             self._batch_owned = self._consumer.owned()
             self._dead_lettered.clear()
@@ -264,7 +265,7 @@ class StageHost:
         self._core: ConsumerStage | None = None
         self._producer: AsyncProducer | None = None
         self._pool: asyncpg.Pool | None = None
-        freeze_startup_heap()  # actors/heap.py: full collections would walk the import-time heap
+        freeze_startup_heap()  # meterray/heap.py: full collections would walk the import-time heap
 
     async def start(self) -> None:
         if self._core is None:

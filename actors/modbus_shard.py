@@ -74,7 +74,7 @@ class PollStats:
         self.polls_failed = 0
         self.readings = 0
         self.dead_letters = 0
-        self.overruns = 0  # slots skipped because the previous cycle ran late
+        self.overruns = 0  # slots skipped because the previous cycle ran past them whole (each: SKIPPED)
         self.connects = 0  # Modbus TCP connections opened (a healthy endpoint keeps its one)
         self.delivery_failures = 0  # sender batches of which Kafka did not acknowledge every record
         self.values_unavailable = 0  # quantities a meter answered as "no value" (left out of its batch)
@@ -171,6 +171,7 @@ class ModbusShardCore:
         try:
             while True:
                 await asyncio.sleep(max(0.0, (slot - _now_ms()) / 1000))
+                slot = self._due_slot(conn, slot, interval_ms)
                 try:
                     if not connected:
                         await endpoint.connect()
@@ -184,14 +185,27 @@ class ModbusShardCore:
                 if connected:
                     backoff.reset()
                     slot += interval_ms
-                    if slot <= _now_ms():
-                        self.stats.overruns += 1
-                        slot = _next_slot(_now_ms(), interval_ms, phase_ms)
                 else:
                     await endpoint.close()
                     slot = _next_slot(_now_ms() + backoff.next_delay() * 1000, interval_ms, phase_ms)
         finally:
             await endpoint.close()
+
+    def _due_slot(self, conn: ModbusConnection, slot: int, interval_ms: int) -> int:
+        """The slot to poll now: `slot` while its interval lasts (a cycle that ran into it, or a late
+        wake-up, still polls it), else the one under way. Slots that passed whole (the previous cycle
+        or the process ran late) were not polled, and each says so on the grid (SKIPPED, per device)
+        instead of leaving a gap nobody can explain."""
+        now = _now_ms()
+        if now < slot + interval_ms:
+            return slot
+        current = slot + (now - slot) // interval_ms * interval_ms
+        missed = range(slot, current, interval_ms)
+        self.stats.overruns += len(missed)
+        detail = f"not polled: the poller was busy until {now} (its previous cycle, or a stalled process)"
+        self._publish([], [self._failure(d.device_id, s, conn, FailureKind.SKIPPED, detail)
+                           for s in missed for d in conn.devices], [], conn, slot, time.perf_counter())
+        return current
 
     async def _usable_part(self, conn: ModbusConnection) -> ModbusConnection:
         """The devices of `conn` that can be polled, once its host resolves.
@@ -294,7 +308,7 @@ class ModbusShardCore:
         if dropped.entries:
             self._overflowed(dropped)
         self.stats.polls_ok += len(batches)
-        self.stats.polls_failed += len(failures)
+        self.stats.polls_failed += sum(1 for f in failures if f.kind is not FailureKind.SKIPPED)
         self.stats.readings += n_readings
         self.stats.dead_letters += len(dead)
         metrics.count(metrics.polls(), len(batches), protocol="modbus", outcome="ok")

@@ -132,6 +132,8 @@ class DeviceState:
                 return None, []
             self.position = at
         health = self.health
+        if isinstance(item, PollFailure) and item.kind is FailureKind.SKIPPED:
+            return None, []  # the poller was late, not the device: the slot is accounted for, health unchanged
         if isinstance(item, PollFailure) and item.kind in _PARTNER_STATUS:
             # How protocols/http/mapping.py carries a partner's device status: offline, or an alarm
             # (error code, low battery, tamper) in the detail. A status signal, not a failed poll.

@@ -41,6 +41,7 @@ class FailureKind(StrEnum):
     HOST_UNRESOLVED = "host_unresolved"  # the connection's host name does not resolve (DNS)
     DEVICE_OFFLINE = "device_offline"  # a data partner reports the device offline (its view of the meter)
     DEVICE_ALARM = "device_alarm"  # a data partner reports an error code, a low battery or tamper
+    SKIPPED = "skipped"  # not polled: the poller's previous cycle ran past the slot (says nothing of the device)
 
 
 class Value(msgspec.Struct, frozen=True, array_like=True, gc=False):

@@ -52,6 +52,12 @@ class Settings(BaseModel):
     # ClickHouse writers (actors/ch_writer.py); 0: no analytics copy. chDB allows one process per data
     # directory, so with chdb:// at most 1 (that writer also answers the aggregate queries).
     ch_writers: int = Field(1, ge=0, le=64)
+    # A writer INSERTs at most this often (sooner when 5,000 readings are waiting): every INSERT makes a
+    # part per table and rollup that ClickHouse merges later. At 50 readings/s, 0.5 s batches cost the
+    # writer ~0.3 core and pushed the API's p99 past 100 ms (bench api, 2 cores).
+    ch_batch_wait_s: float = Field(2.0, gt=0, le=60)
+    # The writer's process yields the CPU to the API and the operational path (actors/priority.py); 0: no.
+    ch_writer_niceness: int = Field(10, ge=0, le=19)
     api_host: str = "127.0.0.1"
     api_port: int = Field(8000, ge=1, le=65535)
     dashboard_port: int = Field(8265, ge=1, le=65535)

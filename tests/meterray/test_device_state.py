@@ -67,6 +67,17 @@ def test_failures_degrade_then_take_offline_then_readings_recover() -> None:
     assert state.consecutive_failures == 0
 
 
+def test_slots_the_poller_skipped_leave_health_alone() -> None:
+    state = DeviceState("m-1", policy=POLICY)
+    state.apply(batch(NOW, 1.0), NOW)
+    before = state.checkpoint()
+    for i in range(6):  # six slots the shard ran past: its own lateness, nothing the meter did
+        out, events = state.apply(failure(NOW + (i + 1) * 1000, FailureKind.SKIPPED), NOW)
+        assert out is None and events == []
+    assert state.checkpoint() == before
+    assert state.status is DeviceStatus.ONLINE and state.consecutive_failures == 0
+
+
 def test_checkpoint_round_trip() -> None:
     state = DeviceState("m-1")
     state.apply(batch(NOW, 100.0), NOW)
