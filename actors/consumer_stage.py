@@ -25,9 +25,9 @@ import ray
 from confluent_kafka import KafkaException, Message
 
 from actors import metrics
+from actors.heap import freeze_startup_heap
 from actors.logs import setup_logging
 from meterray.backoff import Backoff
-from meterray.heap import freeze_startup_heap
 from meterray.settings import Settings
 from storage import sink_errors
 from storage.kafka import codec, topics
@@ -265,7 +265,7 @@ class StageHost:
         self._core: ConsumerStage | None = None
         self._producer: AsyncProducer | None = None
         self._pool: asyncpg.Pool | None = None
-        freeze_startup_heap()  # meterray/heap.py: full collections would walk the import-time heap
+        freeze_startup_heap()  # actors/heap.py: full collections would walk the import-time heap
 
     async def start(self) -> None:
         if self._core is None:

@@ -27,11 +27,11 @@ import asyncpg
 import ray
 
 from actors import metrics
+from actors.heap import freeze_startup_heap
 from actors.known_devices import KnownDevices
 from actors.logs import setup_logging
 from meterray.backoff import Backoff
 from meterray.domain import ReadingBatch
-from meterray.heap import freeze_startup_heap
 from meterray.mqtt_config import MqttConnection
 from meterray.settings import Settings
 from protocols.mqtt.client import InMessage, SessionSpec, Subscriber

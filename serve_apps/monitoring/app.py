@@ -6,7 +6,6 @@ from ray import serve
 from ray.serve import Application
 
 from meterray.auth_backends import auth_backends
-from meterray.heap import freeze_startup_heap
 from meterray.placement import serve_request
 from meterray.settings import Settings
 from serve_apps.auth import configure_auth
@@ -57,7 +56,6 @@ class MonitoringApi:
         configure_partners(settings)
         configure_settings(settings)
         configure_cabinet(settings)
-        freeze_startup_heap()  # meterray/heap.py: full collections of the start-up heap stalled requests ~160 ms
 
     async def check_health(self) -> None:
         """Serve marks the replica unhealthy (and replaces it) while PostgreSQL does not answer."""

@@ -9,7 +9,6 @@ from fastapi import FastAPI
 from ray import serve
 from ray.serve import Application
 
-from meterray.heap import freeze_startup_heap
 from meterray.notify import email_backend, email_warnings
 from meterray.placement import serve_request
 from meterray.settings import Settings
@@ -45,7 +44,6 @@ class NotificationsApi:
         self._db = configure_db(settings.pg_dsn)
         configure_auth(settings)
         webhook.configure_webhook(settings.unisender_api_key.get_secret_value())
-        freeze_startup_heap()  # meterray/heap.py
 
     async def check_health(self) -> None:
         pool = await self._db.get()

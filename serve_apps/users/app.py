@@ -16,7 +16,6 @@ from ray.serve import Application
 from starlette.middleware.base import BaseHTTPMiddleware, RequestResponseEndpoint
 
 from meterray.auth_backends import AuthBackends, auth_backends
-from meterray.heap import freeze_startup_heap
 from meterray.settings import Settings
 from serve_apps.auth import configure_auth
 from serve_apps.deps import Db, configure_db
@@ -80,7 +79,6 @@ class _Replica:
         self._db = configure_db(settings.pg_dsn)
         configure_auth(settings)
         self._state = configure_users(settings, backends)
-        freeze_startup_heap()  # meterray/heap.py
 
     async def check_health(self) -> None:
         pool = await self._db.get()

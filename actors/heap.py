@@ -1,9 +1,7 @@
-"""The cyclic garbage collector of a long-lived Ray process: a streaming actor or a Serve replica.
+"""The cyclic garbage collector of a streaming actor's process.
 
 A Ray worker that imported Ray, pydantic, confluent-kafka and meterray holds about a million objects
-before it handles its first message (an API replica's imports alone: 232,000 objects, whose full
-collection took 157–172 ms here: every request in flight waits that long, the API's p99 at 200
-requests/s was such pauses). A streaming stage allocates a few objects per message, and every
+before it handles its first message. A streaming stage allocates a few objects per message, and every
 so often Python's cyclic collector runs a full (generation 2) collection that walks all of them: in an
 MQTT shard at 10,000 messages/s that was a quarter of its CPU (measured outside Ray on the same
 broker and Kafka: 25.6 µs per message before, 18.3 µs after `gc.freeze()`). `gc.freeze()` (Python
@@ -18,7 +16,7 @@ import gc
 
 
 def freeze_startup_heap() -> None:
-    """Call once, at the end of an actor's or a replica's construction (its imports and clients are made by then).
+    """Call once, at the end of an actor's construction (its imports and clients are made by then).
     No gc.collect() first: on a loaded machine a full collection of that heap takes seconds of an
     actor's start, which the supervisor's ping deadline counts; the little start-up garbage frozen
     with the rest is not worth it."""
