@@ -50,8 +50,7 @@ def serve_env(settings: Settings) -> dict[str, str]:
     beside a run) do not meet."""
     env = dict(SERVE_THROUGHPUT_ENV)
     if settings.api_ingress == "haproxy":
-        # Short: Serve adds a 56-character directory under it, and HAProxy refuses a socket path over 97.
-        run = Path(tempfile.gettempdir()) / f"mr-haproxy-{settings.api_port}"
+        run = haproxy_dir(settings)
         env |= {
             "RAY_SERVE_ENABLE_HA_PROXY": "1", "RAY_SERVE_ENABLE_DIRECT_INGRESS": "1",
             "RAY_SERVE_HAPROXY_CONFIG_FILE_LOC": str(run / "haproxy.cfg"),
@@ -63,6 +62,12 @@ def serve_env(settings: Settings) -> dict[str, str]:
             "RAY_SERVE_HAPROXY_METRICS_PORT": str(settings.api_haproxy_metrics_port or settings.api_port + 4),
         }
     return env
+
+
+def haproxy_dir(settings: Settings) -> Path:
+    """HAProxy's configuration and sockets for the runtime serving `api_port` on this machine."""
+    # Short: Serve adds a 56-character directory under it, and HAProxy refuses a socket path over 97.
+    return Path(tempfile.gettempdir()) / f"mr-haproxy-{settings.api_port}"
 
 
 def ingress_options(settings: Settings) -> dict[str, Any]:

@@ -43,6 +43,8 @@ TABLE: dict[str, Ports] = {
     "partner-sim-2": Ports(81),
     "demo-partners": Ports(82),
     "backfill-partner": Ports(83),
+    "haproxy-orphan": Ports(90),  # tests/meterray/app/test_orphaned_haproxy.py: a left-behind HAProxy's API port
+    "haproxy-other": Ports(91),  # the same: another runtime's, left alone
 }
 
 

@@ -14,7 +14,7 @@ from ray import serve
 
 from meterray.placement import local_node_resources
 from meterray.settings import Settings
-from serve_apps.capacity import serve_env
+from serve_apps.capacity import haproxy_dir, serve_env
 from serve_apps.monitoring.runtime import ConsumerGroup, RuntimeSources
 
 log = logging.getLogger(__name__)
@@ -35,6 +35,8 @@ def init_ray(settings: Settings, *, dashboard: bool = True) -> None:
     # Serve's proxy and replicas inherit these (serve_apps.capacity); this runtime's own, even where the
     # environment holds another's (the demo started from a test).
     os.environ.update(serve_env(settings))
+    if settings.api_ingress == "haproxy":
+        stop_orphaned_haproxy(settings)
     ray.init(
         num_cpus=settings.ray_num_cpus,
         resources=local_node_resources(settings),  # one node runs every actor (meterray.placement)
@@ -50,6 +52,40 @@ def init_ray(settings: Settings, *, dashboard: bool = True) -> None:
         # meters, Kafka or PostgreSQL are busy (bench findings: 1,000 polls/s at nice 0, 700 at 15).
         _system_config={"worker_niceness": 0},
     )
+
+
+def stop_orphaned_haproxy(settings: Settings, timeout_s: float = 5.0) -> list[int]:
+    """Stop the HAProxy a local runtime on the same API port left running when it died without stopping.
+
+    Serve starts HAProxy as a child of its HAProxy manager actor; when Ray is killed outright, HAProxy
+    lives on, holding the API port, and the next runtime's HAProxy cannot bind it (the API never
+    answers). Only processes reading this port's configuration (serve_apps.capacity.haproxy_dir) whose
+    parent is no Ray worker are stopped: a running runtime's HAProxy is left alone. Returns their pids."""
+    import psutil
+
+    config = str(haproxy_dir(settings) / "haproxy.cfg")
+    orphans: list[psutil.Process] = []
+    for proc in psutil.process_iter(["cmdline", "ppid"]):
+        if config not in (proc.info["cmdline"] or []):
+            continue
+        try:
+            parent = psutil.Process(proc.info["ppid"]).cmdline()
+        except psutil.Error:
+            parent = []
+        if parent and parent[0].startswith("ray::"):
+            continue
+        orphans.append(proc)
+    if not orphans:
+        return []
+    log.warning("stopping HAProxy left behind by a runtime that did not stop (pids %s, %s)",
+                [p.pid for p in orphans], config)
+    for proc in orphans:
+        proc.terminate()
+    _, alive = psutil.wait_procs(orphans, timeout=timeout_s)
+    for proc in alive:
+        proc.kill()
+    psutil.wait_procs(alive, timeout=timeout_s)
+    return [p.pid for p in orphans]
 
 
 def prepare_stores(settings: Settings) -> dict[str, list[str]]:

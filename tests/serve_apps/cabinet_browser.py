@@ -41,6 +41,17 @@ def shot(page: Page, name: str) -> None:
     page.screenshot(path=str(SHOTS / f"{name}.png"), full_page=True)
 
 
+def fits_a_phone(page: Page, name: str) -> None:
+    """On a phone's screen (390 x 844) the page is no wider than the screen (wide tables scroll inside
+    their `.scroll` box); a screenshot `name`, then back to the desktop size the tests use."""
+    page.set_viewport_size({"width": 390, "height": 844})
+    too_wide = page.evaluate("""[...document.querySelectorAll('body *')].filter(e => e.closest('.scroll') === null
+        && e.getBoundingClientRect().right > window.innerWidth + 1).map(e => e.tagName + '.' + e.className)""")
+    assert page.evaluate("document.documentElement.scrollWidth <= window.innerWidth + 1"), too_wide
+    shot(page, name)
+    page.set_viewport_size({"width": 1280, "height": 900})
+
+
 def signup(page: Page, inn: str, email: str, password: str, contract: str) -> None:
     page.goto("/signup")
     page.get_by_label("ИНН организации или ИП").fill(inn)

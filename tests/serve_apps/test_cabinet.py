@@ -22,7 +22,7 @@ from playwright.sync_api import Browser, BrowserContext, Page, expect
 from storage.postgres.readings import ReadingsWriter
 from tests.conftest import wait_for
 from tests.fakes import valid_inn
-from tests.serve_apps.cabinet_browser import PASSWORD, login, new_context, shot, signed_up, signup, sql
+from tests.serve_apps.cabinet_browser import PASSWORD, fits_a_phone, login, new_context, shot, signed_up, signup, sql
 from tests.storage.archive_rows import row
 
 HISTORY = "cab-history-1"  # a meter with three days of archive (written here), owned by the customer
@@ -163,12 +163,7 @@ def test_dashboard_shows_the_organisations_devices_and_consumption(page: Page, c
         re.sub(r"[^\d,]", "", month).replace(",", ".")) >= float(re.sub(r"[^\d,]", "", today).replace(",", ".")) > 0
     shot(page, "dashboard")
     # On a phone: one column, nothing wider than the screen.
-    page.set_viewport_size({"width": 390, "height": 844})
-    too_wide = page.evaluate("""[...document.querySelectorAll('body *')].filter(e => e.closest('.scroll') === null
-        && e.getBoundingClientRect().right > window.innerWidth + 1).map(e => e.tagName + '.' + e.className)""")
-    assert page.evaluate("document.documentElement.scrollWidth <= window.innerWidth"), too_wide
-    shot(page, "dashboard-phone")
-    page.set_viewport_size({"width": 1280, "height": 900})
+    fits_a_phone(page, "dashboard-phone")
     page.get_by_role("link", name=re.compile("Все приборы")).click()
     expect(page.locator("#devices tbody tr")).to_have_count(2)
     expect(page.locator("#devices")).to_contain_text(customer["live"])

@@ -20,7 +20,7 @@ from meterray.identity import Role
 from tests.auth_headers import bearer
 from tests.conftest import wait_for
 from tests.pipeline.helpers import http
-from tests.serve_apps.cabinet_browser import PASSWORD, login, new_context, shot, signed_up, sql
+from tests.serve_apps.cabinet_browser import PASSWORD, fits_a_phone, login, new_context, shot, signed_up, sql
 
 ADMIN = "admin@cab-admin.example"  # the organisation's admin (signed up, then promoted)
 OTHER = "admin@cab-admin-other.example"  # another organisation's
@@ -99,9 +99,7 @@ def test_the_runtime_page_lists_every_child_of_the_supervisor(page: Page, orgs: 
     expect(page.locator("#supervisor")).to_contain_text(str(ray.get(runtime["supervisor"].status.remote())["pid"]))
     expect(page.locator("#device-states")).to_contain_text("В сети")
     shot(page, "admin-runtime")
-    page.set_viewport_size({"width": 390, "height": 844})  # a phone: the table scrolls inside its box, not the page
-    assert page.evaluate("document.documentElement.scrollWidth <= window.innerWidth + 1")
-    shot(page, "admin-runtime-phone")
+    fits_a_phone(page, "admin-runtime-phone")  # the table scrolls inside its box, not the page
 
 
 def test_an_organisation_admin_adds_a_modbus_meter_after_a_dry_run(page: Page, orgs: dict, runtime: dict,
@@ -160,10 +158,7 @@ def test_an_organisation_admin_adds_a_modbus_meter_after_a_dry_run(page: Page, o
     assert 200 < float(NBSP.sub("", volts).replace(",", ".")) < 260, volts
     expect(probe.locator(f"tr[data-quantity='{VOLTAGE_L1}'] .unit")).to_have_text("V")
     shot(page, "admin-dry-run")
-    page.set_viewport_size({"width": 390, "height": 844})  # a phone: one column, nothing wider than the screen
-    assert page.evaluate("document.documentElement.scrollWidth <= window.innerWidth + 1")
-    shot(page, "admin-dry-run-phone")
-    page.set_viewport_size({"width": 1280, "height": 900})
+    fits_a_phone(page, "admin-dry-run-phone")
     assert not sql(dsn, "SELECT 1 FROM devices.devices WHERE id = $1", device)
 
     page.get_by_role("button", name="Сохранить").click()
@@ -323,6 +318,4 @@ def test_the_users_list_is_paged(page: Page, orgs: dict, runtime: dict) -> None:
     second = page.locator("#users tbody tr").evaluate_all("rows => rows.map(r => r.dataset.user)")
     assert sorted(first + second) == sorted([*emails, OTHER]) and first + second == sorted(first + second)
     expect(page.locator(".pager .next-page")).to_have_count(0)
-    page.set_viewport_size({"width": 390, "height": 844})
-    assert page.evaluate("document.documentElement.scrollWidth <= window.innerWidth + 1")
-    shot(page, "admin-users-phone")
+    fits_a_phone(page, "admin-users-phone")

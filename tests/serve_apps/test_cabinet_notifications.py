@@ -26,7 +26,7 @@ from storage.kafka.producer import AsyncProducer
 from tests.auth_headers import bearer
 from tests.conftest import wait_for
 from tests.pipeline.helpers import http
-from tests.serve_apps.cabinet_browser import PASSWORD, login, new_context, shot, signed_up, sql
+from tests.serve_apps.cabinet_browser import PASSWORD, fits_a_phone, login, new_context, shot, signed_up, sql
 
 EMAIL = "dispetcher@teplica.example"
 OTHER_EMAIL = "energetik@sosedi.example"
@@ -213,12 +213,7 @@ def test_a_meter_going_offline_reaches_the_inbox_and_is_marked_read(
     assert not sql(dsn, "SELECT 1 FROM notify.notifications WHERE user_id = $1 AND read_at IS NULL", user_id)
 
     # On a phone: nothing wider than the screen.
-    page.set_viewport_size({"width": 390, "height": 844})
-    too_wide = page.evaluate("""[...document.querySelectorAll('body *')].filter(e => e.closest('.scroll') === null
-        && e.getBoundingClientRect().right > window.innerWidth + 1).map(e => e.tagName + '.' + e.className)""")
-    assert page.evaluate("document.documentElement.scrollWidth <= window.innerWidth"), too_wide
-    shot(page, "notifications-phone")
-    page.set_viewport_size({"width": 1280, "height": 900})
+    fits_a_phone(page, "notifications-phone")
     # English.
     page.get_by_role("link", name="Switch to English").click()
     expect(page.locator("h1")).to_have_text("Notifications")
