@@ -3,8 +3,9 @@ PostgreSQL off for real, and helpers to register devices and drive a stage in-pr
 from __future__ import annotations
 
 import asyncio
+import inspect
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from urllib.parse import urlsplit, urlunsplit
 
 import asyncpg
@@ -34,6 +35,21 @@ def own(actors_db: Settings) -> Settings:
     s = actors_db.model_copy(update={"kafka_topic_prefix": f"{actors_db.kafka_topic_prefix}st-{time.monotonic_ns()}."})
     topics.ensure_topics(s)
     return s
+
+
+async def until(check: Callable[[], object], timeout_s: float, what: str, every_s: float = 0.2,
+                explain: Callable[[], object] | None = None) -> None:
+    """Poll `check` (sync, or returning an awaitable) until it holds; fail after `timeout_s` naming `what`
+    and, with `explain`, what it returns then (a stage's counters)."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        ok = check()
+        if inspect.isawaitable(ok):
+            ok = await ok
+        if ok:
+            return
+        assert time.monotonic() < deadline, f"timed out waiting for {what}" + (f": {explain()}" if explain else "")
+        await asyncio.sleep(every_s)
 
 
 async def register(dsn: str, *device_ids: str) -> None:

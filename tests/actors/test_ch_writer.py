@@ -27,7 +27,7 @@ from storage.clickhouse import queries
 from storage.clickhouse.store import ClickHouseStore
 from storage.kafka import codec, device_topic, topics
 from storage.kafka.producer import AsyncProducer
-from tests.actors.conftest import register
+from tests.actors.conftest import register, until
 from tests.pipeline.helpers import read_topic
 
 A_PLUS = "1-0:1.8.0"
@@ -98,19 +98,12 @@ def _lag(s: Settings) -> int:
         c.close()
 
 
-async def _until(what: str, timeout_s: float, check) -> None:
-    deadline = time.monotonic() + timeout_s
-    while not await check():
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        await asyncio.sleep(0.3)
-
-
 async def _stored_and_committed(s: Settings, store: ClickHouseStore, devices: list[str], n: int) -> None:
     async def done() -> bool:
         counts = await asyncio.to_thread(queries.raw_counts, store.client("read"), s.clickhouse_database, devices)
         return counts.readings >= n and _lag(s) == 0
 
-    await _until(f"{n} readings in ClickHouse and every offset committed", 90, done)
+    await until(done, 90, f"{n} readings in ClickHouse and every offset committed", every_s=0.3)
 
 
 def _agg(store: ClickHouseStore, s: Settings, interval: str, start, end, **who) -> list[queries.Aggregate]:
@@ -186,7 +179,7 @@ async def test_readings_and_devices_reach_clickhouse_with_hourly_daily_and_organ
         async def moved() -> bool:
             rows = await asyncio.to_thread(_agg, store, s, "1d", d0, d0 + timedelta(days=1), organisation_id=other)
             return bool(rows) and rows[0].devices == 2
-        await _until("the move copied from the devices topic", 60, moved)
+        await until(moved, 60, "the move copied from the devices topic", every_s=0.3)
 
 
 async def test_a_redelivered_batch_doubles_nothing_in_the_raw_copy_or_the_rollups(
@@ -211,8 +204,8 @@ async def test_a_redelivered_batch_doubles_nothing_in_the_raw_copy_or_the_rollup
 
     # Its successor gets every record again and stores it again, then commits.
     async with _writer(s, f"crash-{tag}") as w:
-        await _until("the redelivered batch stored and committed", 90,
-                     lambda: _committed_after(s, w, total))
+        await until(lambda: _committed_after(s, w, total), 90, "the redelivered batch stored and committed",
+                    every_s=0.3)
     again = queries.raw_counts(store.client("read"), s.clickhouse_database, devices)
     assert again.readings == total, "the raw copy holds each reading once"
 
@@ -274,7 +267,7 @@ async def test_while_clickhouse_refuses_inserts_nothing_is_committed_and_it_catc
         async def refused() -> bool:
             return (await w.ping())["sink_failures"] >= 2
 
-        await _until("the writer to meet the refusal", 60, refused)
+        await until(refused, 60, "the writer to meet the refusal", every_s=0.3)
         status = await w.ping()
         assert "UNKNOWN_TABLE" in (status["last_error"] or ""), status
         assert _lag(s) == len(after), "no offset moved while ClickHouse refused the batch"

@@ -18,7 +18,7 @@ from meterray.domain import ReadingBatch, Value
 from meterray.settings import Settings
 from storage.kafka import codec, topics
 from storage.kafka.producer import AsyncProducer
-from tests.actors.conftest import TcpProxy, register
+from tests.actors.conftest import TcpProxy, register, until
 from tests.pipeline.helpers import read_topic
 
 POLL_LIMITS = {"max.poll.interval.ms": 10_000, "session.timeout.ms": 6_000}
@@ -97,20 +97,13 @@ def _lag(s: Settings) -> dict[int, int]:
         c.close()
 
 
-async def _until(what: str, timeout_s: float, check) -> None:
-    deadline = time.monotonic() + timeout_s
-    while not await check():
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        await asyncio.sleep(0.3)
-
-
 async def _all_stored_and_committed(s: Settings, feed: Feed) -> None:
     async def done() -> bool:
         stored = await _stored(s.pg_dsn, feed.devices)
         return set(stored) >= feed.sent and not any(_lag(s).values())
 
     try:
-        await _until("every reading stored and committed", 60, done)
+        await until(done, 60, "every reading stored and committed", every_s=0.3)
     except AssertionError:
         missing = feed.sent - set(await _stored(s.pg_dsn, feed.devices))
         raise AssertionError(f"{len(missing)} readings missing; committed offsets behind the end: {_lag(s)}") from None
@@ -130,7 +123,7 @@ async def test_writer_keeps_its_membership_through_a_long_postgres_outage_and_a_
             async def a_writes() -> bool:
                 return bool(await _stored(s.pg_dsn, feed.devices)) and (await a.ping())["messages"] > 0
 
-            await _until("the writer to store readings", 60, a_writes)
+            await until(a_writes, 60, "the writer to store readings", every_s=0.3)
             member, before = a._consumer.member_id(), (await a.ping())["rebalances"]
 
             await pg_proxy.cut()
@@ -140,7 +133,7 @@ async def test_writer_keeps_its_membership_through_a_long_postgres_outage_and_a_
                 p = await a.ping()
                 return bool(p["paused"] and p["sink_failures"] >= 1)
 
-            await _until("the writer to notice and pause", 20, a_paused)
+            await until(a_paused, 20, "the writer to notice and pause", every_s=0.3)
             await asyncio.sleep(max(0.0, cut_at + 15 - time.monotonic()))  # 15 s > max.poll.interval
             status = await a.ping()
             assert status["rebalances"] == before and a._consumer.member_id() == member, (
@@ -152,13 +145,13 @@ async def test_writer_keeps_its_membership_through_a_long_postgres_outage_and_a_
                 async def b_took_over_some() -> bool:
                     return (await b.ping())["messages"] > 0 and (await a.ping())["rebalances"] > before
 
-                await _until("the second writer to take partitions over", 30, b_took_over_some)
+                await until(b_took_over_some, 30, "the second writer to take partitions over", every_s=0.3)
                 # The feed ends before the first writer comes back, so nothing newer hides a commit
                 # that moves a revoked partition's offset back.
                 await feed.stop()
                 await asyncio.sleep(max(0.0, cut_at + OUTAGE_S - time.monotonic()))
                 await pg_proxy.mend()
-                await _until("the first writer to resume", 60, lambda: _resumed(a))
+                await until(lambda: _resumed(a), 60, "the first writer to resume", every_s=0.3)
                 await _all_stored_and_committed(s, feed)
                 assert (await b.ping())["sink_failures"] == 0
     finally:
@@ -181,7 +174,7 @@ async def test_a_write_blocked_by_a_lock_longer_than_max_poll_interval_keeps_the
             async def writes() -> bool:
                 return (await w.ping())["messages"] > 0
 
-            await _until("the writer to store readings", 60, writes)
+            await until(writes, 60, "the writer to store readings", every_s=0.3)
             member, before = w._consumer.member_id(), (await w.ping())["rebalances"]
             tx = locker.transaction()
             await tx.start()
@@ -191,12 +184,12 @@ async def test_a_write_blocked_by_a_lock_longer_than_max_poll_interval_keeps_the
             async def hanging() -> bool:
                 return bool((await w.ping())["paused"])
 
-            await _until("the blocked writer to pause and keep polling", 20, hanging)
+            await until(hanging, 20, "the blocked writer to pause and keep polling", every_s=0.3)
             await asyncio.sleep(max(0.0, locked_at + 20 - time.monotonic()))  # 20 s > max.poll.interval
             status = await w.ping()
             assert status["rebalances"] == before and w._consumer.member_id() == member, status
             await tx.rollback()
-            await _until("the writer to resume", 60, lambda: _resumed(w))
+            await until(lambda: _resumed(w), 60, "the writer to resume", every_s=0.3)
             await feed.stop()
             await _all_stored_and_committed(s, feed)
             assert (await w.ping())["rebalances"] == before

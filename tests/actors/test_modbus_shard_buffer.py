@@ -3,7 +3,6 @@ polling on its grid over the connections it has, holds what it polled up to the 
 counts what overflowed."""
 from __future__ import annotations
 
-import asyncio
 import socket
 import time
 
@@ -11,6 +10,7 @@ from actors.modbus_shard import SHARD_PRODUCER_CONFIG, ModbusShardCore
 from meterray.app.demo import manifest_connections
 from meterray.settings import Settings
 from storage.kafka.producer import AsyncProducer
+from tests.actors.conftest import until
 
 
 def _closed_port() -> int:
@@ -28,9 +28,8 @@ async def test_unreachable_kafka_fills_the_outbox_to_its_bound_and_counts_the_ov
     await core.assign(connections)
     try:
         deadline = time.monotonic() + 60
-        while core.stats.buffer_dropped_records < 2 * len(simulator):
-            assert time.monotonic() < deadline, core.stats.summary()
-            await asyncio.sleep(0.2)
+        await until(lambda: core.stats.buffer_dropped_records >= 2 * len(simulator), 60, "the outbox to overflow",
+                    explain=core.stats.summary)
         summary = {**core.stats.summary(), **core.buffer_summary()}
         print(f"unreachable Kafka: {summary}")
         assert core.outbox.nbytes <= core.outbox.max_bytes == int(0.02 * 2**20)
@@ -39,9 +38,8 @@ async def test_unreachable_kafka_fills_the_outbox_to_its_bound_and_counts_the_ov
         assert summary["connects"] == len(connections), "Kafka being away closed no Modbus connection"
         # Polling goes on: every meter is read again, while what is held stays within the bound.
         polled = core.stats.polls_ok
-        while core.stats.polls_ok < polled + 2 * len(simulator):
-            assert time.monotonic() < deadline + 30, core.stats.summary()
-            await asyncio.sleep(0.2)
+        await until(lambda: core.stats.polls_ok >= polled + 2 * len(simulator), deadline + 30 - time.monotonic(),
+                    "every meter to be read again", explain=core.stats.summary)
         assert core.outbox.nbytes <= core.outbox.max_bytes
         assert core.stats.connects == len(connections)
     finally:

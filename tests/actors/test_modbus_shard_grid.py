@@ -3,7 +3,6 @@ accounts for every slot of its grid on the real simulator and Kafka: each slot i
 SKIPPED record, exactly once, and the slot under way when the stall ends is still polled."""
 from __future__ import annotations
 
-import asyncio
 import time
 from collections import defaultdict
 
@@ -13,6 +12,7 @@ from meterray.domain import FailureKind, PollFailure, ReadingBatch
 from meterray.settings import Settings
 from storage.kafka import codec, topics
 from storage.kafka.producer import AsyncProducer
+from tests.actors.conftest import until
 from tests.pipeline.helpers import read_topic
 
 INTERVAL_S = 1.0
@@ -27,16 +27,14 @@ async def test_a_stalled_shard_accounts_for_every_slot_of_its_grid(own: Settings
     await core.assign(connections)
     try:
         deadline = time.monotonic() + 60
-        while core.stats.polls_ok < 2 * len(devices):
-            assert time.monotonic() < deadline, core.stats.summary()
-            await asyncio.sleep(0.2)
+        await until(lambda: core.stats.polls_ok >= 2 * len(devices), 60, "every meter to be read twice",
+                    explain=core.stats.summary)
         stalled_at_ms = int(time.time() * 1000)
         time.sleep(STALL_S)  # noqa: ASYNC251  # the point: nothing in this process runs meanwhile
         resumed_ms = int(time.time() * 1000)
         polled = core.stats.polls_ok
-        while core.stats.polls_ok < polled + 3 * len(devices):
-            assert time.monotonic() < deadline + 30, core.stats.summary()
-            await asyncio.sleep(0.2)
+        await until(lambda: core.stats.polls_ok >= polled + 3 * len(devices), deadline + 30 - time.monotonic(),
+                    "three more rounds after the stall", explain=core.stats.summary)
     finally:
         await core.stop(drain_timeout_s=10)
         await producer.close()

@@ -14,17 +14,11 @@ from meterray.mqtt_config import MqttConnection
 from meterray.settings import Settings
 from storage.kafka import codec, topics
 from storage.kafka.producer import AsyncProducer
+from tests.actors.conftest import until
 from tests.actors.test_modbus_shard_buffer import _closed_port
 from tests.pipeline.helpers import read_topic
 
 INFLIGHT = 20
-
-
-async def _until(check: object, timeout_s: float, what: str) -> None:
-    deadline = time.monotonic() + timeout_s
-    while not check():  # type: ignore[operator]
-        assert time.monotonic() < deadline, what
-        await asyncio.sleep(0.1)
 
 
 async def test_nothing_is_acknowledged_while_kafka_is_away_and_a_resumed_session_delivers_everything(
@@ -36,14 +30,14 @@ async def test_nothing_is_acknowledged_while_kafka_is_away_and_a_resumed_session
     core = MqttShardCore(own, away)
     await core.configure(conn, 0)
     try:
-        await _until(lambda: core.health()["subscribed"], 30, "the shard to subscribe")
+        await until(lambda: core.health()["subscribed"], 30, "the shard to subscribe", every_s=0.1)
         sim = subprocess.run([sys.executable, "-m", "simulators.mqtt_gateway", "--host", own.mqtt_host, "--port",
                               str(own.mqtt_port), "--prefix", tag, "--device-prefix", f"{tag}-", "--meters", "5",
                               "--rate", "200", "--count", "120"], capture_output=True, text=True, timeout=120)
         published = json.loads(sim.stdout.strip().splitlines()[-1])
         assert published["published"] == 120
-        await _until(lambda: core.stats.messages >= INFLIGHT and core.stats.delivery_failures >= 2, 30,
-                     "the window to fill and Kafka to refuse twice")
+        await until(lambda: core.stats.messages >= INFLIGHT and core.stats.delivery_failures >= 2, 30,
+                    "the window to fill and Kafka to refuse twice", every_s=0.1)
         await asyncio.sleep(1.0)  # the broker sends nothing beyond the window while nothing is acknowledged
         assert core.stats.acked == 0
         assert core.stats.messages == INFLIGHT, core.stats.summary()
@@ -55,7 +49,8 @@ async def test_nothing_is_acknowledged_while_kafka_is_away_and_a_resumed_session
         successor = MqttShardCore(own, producer)
         await successor.configure(conn, 0)
         try:
-            await _until(lambda: successor.stats.acked >= 120, 60, "every message to be delivered and acknowledged")
+            await until(lambda: successor.stats.acked >= 120, 60, "every message to be delivered and acknowledged",
+                        every_s=0.1)
             assert successor.stats.redelivered >= INFLIGHT  # the unacknowledged ones came again, marked DUP
         finally:
             await successor.stop(forget_session=True)
