@@ -58,7 +58,10 @@ def _driver(settings: Settings, command: str, timeout_s: float = 180.0) -> dict[
                          cwd=REPO_ROOT, capture_output=True, text=True, timeout=timeout_s)
     if out.returncode != 0:
         raise RuntimeError(f"driver {command} failed:\n{out.stderr[-3000:]}")
-    result: dict[str, Any] = json.loads(out.stdout.strip().splitlines()[-1])
+    # Ray may print its own warnings to the driver's stdout ("raylet has lagging heartbeats ..."), even after
+    # the driver's document: take the driver's line, the one JSON object.
+    (line,) = [ln for ln in out.stdout.splitlines() if ln.startswith("{")]
+    result: dict[str, Any] = json.loads(line)
     return result
 
 
