@@ -16,10 +16,11 @@ import os
 log = logging.getLogger(__name__)
 
 
-def lower_priority(niceness: int) -> None:
-    """Set this process's threads to `niceness` (0: leave them as they are). Raising niceness needs no
-    privilege; a refusal is logged, never fatal."""
-    if niceness <= 0:
+def lower_priority(niceness: int, idle: bool = False) -> None:
+    """Set this process's threads to `niceness` (0: leave them as they are) and, with `idle`, to the
+    SCHED_IDLE policy: they run only on a core nothing else wants, and any other thread that wakes takes
+    the core from them at once. Both need no privilege; a refusal is logged, never fatal."""
+    if niceness <= 0 and not idle:
         return
     try:
         tasks = [int(t) for t in os.listdir("/proc/self/task")]
@@ -27,6 +28,9 @@ def lower_priority(niceness: int) -> None:
         tasks = [0]
     for tid in tasks:
         try:
-            os.setpriority(os.PRIO_PROCESS, tid, niceness)
-        except OSError as err:  # a thread that ended meanwhile, or a platform that refuses
-            log.debug("niceness %d for thread %d: %s", niceness, tid, err)
+            if niceness > 0:
+                os.setpriority(os.PRIO_PROCESS, tid, niceness)
+            if idle:
+                os.sched_setscheduler(tid, os.SCHED_IDLE, os.sched_param(0))
+        except (OSError, AttributeError) as err:  # a thread that ended meanwhile, or a platform without it
+            log.debug("niceness %d idle %s for thread %d: %s", niceness, idle, tid, err)

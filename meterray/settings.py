@@ -58,6 +58,7 @@ class Settings(BaseModel):
     ch_batch_wait_s: float = Field(2.0, gt=0, le=60)
     # The writer's process yields the CPU to the API and the operational path (actors/priority.py); 0: no.
     ch_writer_niceness: int = Field(10, ge=0, le=19)
+    ch_writer_sched_idle: bool = False
     api_host: str = "127.0.0.1"
     api_port: int = Field(8000, ge=1, le=65535)
     dashboard_port: int = Field(8265, ge=1, le=65535)
