@@ -160,7 +160,8 @@ class ChWriter(StageHost):
     pool_size = 1  # only for KnownDevices
 
     def __init__(self, settings: Settings, member: str) -> None:
-        lower_priority(settings.ch_writer_niceness, settings.ch_writer_sched_idle)  # before chDB starts its threads: they inherit it
+        # Before chDB starts its threads: they inherit it.
+        lower_priority(settings.ch_writer_niceness, settings.ch_writer_sched_idle)
         super().__init__(settings, member)
         self._store = ClickHouseStore(settings.clickhouse, settings.clickhouse_database)
 
