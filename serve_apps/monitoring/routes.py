@@ -5,6 +5,7 @@ Every route needs an access token and answers within the caller's scope for `dev
 """
 from __future__ import annotations
 
+import functools
 from datetime import datetime, timedelta, timezone
 from typing import Annotated
 
@@ -80,8 +81,9 @@ async def health_summary(db: Db, scope: DevicesScope) -> HealthSummary:
 
 @devices_router.get("/{device_id}/readings/current", response_model=CurrentReadings)
 async def current_readings(device_id: str, db: Db, scope: DevicesScope) -> CurrentReadings:
-    await _require_device(db, device_id, scope)
     rows = await readings_repo.current_readings(db, device_id, organisation_id=scope.organisation_id)
+    if rows is None:
+        raise _no_device(device_id)
     return CurrentReadings(device_id=device_id, readings=[_reading(r) for r in rows])
 
 
@@ -111,7 +113,11 @@ async def reading_history(
 async def _require_device(db: asyncpg.Pool, device_id: str, scope: Scope) -> None:
     # Another organisation's device is as absent as a device that does not exist (no probing of ids).
     if await device_repo.get_device(db, device_id, organisation_id=scope.organisation_id) is None:
-        raise HTTPException(404, f"no device {device_id!r}")
+        raise _no_device(device_id)
+
+
+def _no_device(device_id: str) -> HTTPException:
+    return HTTPException(404, f"no device {device_id!r}")
 
 
 def _reading(r: asyncpg.Record) -> ReadingOut:
@@ -122,9 +128,14 @@ def _reading(r: asyncpg.Record) -> ReadingOut:
 
 def quality_flags(mask: int) -> list[str]:
     """The names of the Quality flags set in `mask`, in bit order; a bit no flag names shows as BIT_<n>."""
+    return list(_flag_names(mask))
+
+
+@functools.lru_cache(maxsize=1024)  # a handful of masks occur; each reading of every answer asks
+def _flag_names(mask: int) -> tuple[str, ...]:
     names = [flag.name for flag in Quality if flag.value and mask & flag.value and flag.name]
     unnamed = mask & ~sum(flag.value for flag in Quality)
-    return names + [f"BIT_{n}" for n in range(unnamed.bit_length()) if unnamed >> n & 1]
+    return (*names, *(f"BIT_{n}" for n in range(unnamed.bit_length()) if unnamed >> n & 1))
 
 
 def _utc(dt: datetime) -> datetime:

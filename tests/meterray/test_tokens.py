@@ -10,7 +10,7 @@ import jwt
 import pytest
 
 from meterray.identity import Principal, Role
-from meterray.tokens import TokenError, issue_access_token, verify_access_token
+from meterray.tokens import LEEWAY_S, TokenError, issue_access_token, verify_access_token
 
 KEY = "k" * 48
 WHO = Principal(uuid.uuid4(), uuid.uuid4(), Role.CUSTOMER)
@@ -28,6 +28,17 @@ def test_expired_tokens_are_refused_after_the_leeway() -> None:
     old = issue_access_token(WHO, KEY, 60, now=time.time() - 120).token
     with pytest.raises(TokenError, match="expired"):
         verify_access_token(old, KEY)
+
+
+def test_a_token_accepted_before_is_refused_once_it_expires() -> None:
+    # Valid for about one more second past the leeway: accepted now, refused two seconds later (the
+    # verifier remembers tokens it checked, never beyond their expiry).
+    token = issue_access_token(WHO, KEY, 60 - LEEWAY_S + 2, now=time.time() - 60).token
+    assert verify_access_token(token, KEY) == WHO
+    assert verify_access_token(token, KEY) == WHO
+    time.sleep(2.1)
+    with pytest.raises(TokenError, match="expired"):
+        verify_access_token(token, KEY)
 
 
 def _b64(data: dict) -> str:

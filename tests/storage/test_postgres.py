@@ -33,8 +33,13 @@ async def test_archive_write_is_idempotent_and_current_keeps_the_latest(database
         await readings.ReadingsWriter().write(conn, _rows("w-1", start, 5))  # replayed by another writer, older
         count = await conn.fetchval("SELECT count(*) FROM monitoring.readings WHERE device_id = 'w-1'")
         assert count == 10
+        assert await readings.current_readings(conn, "w-1", organisation_id=None) is None  # no such device
+        await conn.execute("INSERT INTO devices.devices (id, name, protocol, profile, unit_id)"
+                           " VALUES ('w-1', 'w-1', 'modbus', 'sdm630', 1), ('w-2', 'w-2', 'modbus', 'sdm630', 2)")
         current = await readings.current_readings(conn, "w-1", organisation_id=None)
+        assert current is not None
         assert [(r["quantity"], r["value"], r["ts"]) for r in current] == [("1-0:1.8.0", 19.0, start.replace(second=9))]
+        assert await readings.current_readings(conn, "w-2", organisation_id=None) == []  # no reading yet
         partition = await conn.fetchval(
             "SELECT tableoid::regclass::text FROM monitoring.readings WHERE device_id = 'w-1' LIMIT 1")
         assert partition == "monitoring.readings_2031_03"
