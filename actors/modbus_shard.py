@@ -172,6 +172,7 @@ class ModbusShardCore:
             while True:
                 await asyncio.sleep(max(0.0, (slot - _now_ms()) / 1000))
                 slot = self._due_slot(conn, slot, interval_ms)
+                attempted = time.perf_counter()
                 try:
                     if not connected:
                         await endpoint.connect()
@@ -180,7 +181,7 @@ class ModbusShardCore:
                     connected = await self._poll_cycle(conn, endpoint, slot)
                 except ModbusError as err:  # could not connect: every device behind it shares that
                     self._publish([], [self._failure(d.device_id, slot, conn, err.kind, str(err))
-                                       for d in conn.devices], [], conn, slot, time.perf_counter())
+                                       for d in conn.devices], [], conn, slot, attempted)
                 # Kafka is not awaited here: whatever it does, this connection stays on its grid.
                 if connected:
                     backoff.reset()
@@ -204,7 +205,7 @@ class ModbusShardCore:
         self.stats.overruns += len(missed)
         detail = f"not polled: the poller was busy until {now} (its previous cycle, or a stalled process)"
         self._publish([], [self._failure(d.device_id, s, conn, FailureKind.SKIPPED, detail)
-                           for s in missed for d in conn.devices], [], conn, slot, time.perf_counter())
+                           for s in missed for d in conn.devices], [], conn, slot, started=None)
         return current
 
     async def _usable_part(self, conn: ModbusConnection) -> ModbusConnection:
@@ -251,7 +252,7 @@ class ModbusShardCore:
             await asyncio.sleep(max(0.0, (slot - _now_ms()) / 1000))
             try:
                 self._publish([], [self._failure(d, slot, conn, kind, r) for d, r in reasons.items()], [], conn,
-                              slot, time.perf_counter())
+                              slot, started=None)
             except Exception as err:  # reporting must never end this connection's task (nor the shard)
                 log.warning("%s: could not publish the %s failures: %s", conn.connection_id, kind, err,
                             extra={"connection_id": conn.connection_id})
@@ -290,8 +291,10 @@ class ModbusShardCore:
         return healthy
 
     def _publish(self, batches: list[ReadingBatch], failures: list[PollFailure], dead: list[tuple[str, bytes, str]],
-                 conn: ModbusConnection, slot: int, started: float) -> None:
-        """Put one poll cycle's records into the outbox; the sender delivers them."""
+                 conn: ModbusConnection, slot: int, started: float | None) -> None:
+        """Put one poll cycle's records into the outbox; the sender delivers them. `started`: when the
+        poll began, or None when nothing was polled (a slot that passed whole, a device the configuration
+        cannot poll): such records say why a slot has no reading, and are no sample of the poll's latency."""
         parts = self._settings.kafka_partitions
         out: list[OutRecord] = [
             (self._raw_topic, topics.partition_for(b.device_id, parts), b.device_id.encode(), codec.encode(b))
@@ -303,7 +306,10 @@ class ModbusShardCore:
                                           connection=conn.connection_id))
                 for d, raw, reason in dead]
         n_readings = sum(len(b.values) for b in batches)
-        dropped = self.outbox.put(Entry(conn.connection_id, slot, started, len(conn.devices), n_readings, out))
+        polled = len(conn.devices) if started is not None else 0
+        entry = Entry(conn.connection_id, slot, time.perf_counter() if started is None else started, polled,
+                      n_readings, out)
+        dropped = self.outbox.put(entry)
         self._outbox_ready.set()
         if dropped.entries:
             self._overflowed(dropped)
@@ -373,6 +379,8 @@ class ModbusShardCore:
         now = time.perf_counter()
         hist = metrics.poll_latency_ms()
         for e in entries:
+            if not e.devices:  # nothing was polled: no latency to report
+                continue
             # Every device's data waited for the whole cycle: poll start to Kafka acknowledgement.
             elapsed_ms = (now - e.started) * 1000
             self.stats.latencies_ms.extend([elapsed_ms] * e.devices)

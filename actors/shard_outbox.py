@@ -26,7 +26,7 @@ class Entry:
     connection_id: str
     slot_ms: int
     started: float  # time.perf_counter() when the poll began: latency runs to the acknowledgement
-    devices: int  # devices polled in the cycle, each one latency sample
+    devices: int  # devices polled in the cycle, each one latency sample (0: records of slots not polled)
     readings: int
     records: list[OutRecord]
     nbytes: int = field(init=False)
