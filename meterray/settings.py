@@ -56,9 +56,10 @@ class Settings(BaseModel):
     # part per table and rollup that ClickHouse merges later. At 50 readings/s, 0.5 s batches cost the
     # writer ~0.3 core and pushed the API's p99 past 100 ms (bench api, 2 cores).
     ch_batch_wait_s: float = Field(2.0, gt=0, le=60)
-    # The writer's process yields the CPU to the API and the operational path (actors/priority.py); 0: no.
+    # The writer's process yields the CPU to the API and the operational path (actors/priority.py): its
+    # threads at this niceness (0: unchanged) and, with sched_idle, only on a core nothing else wants.
     ch_writer_niceness: int = Field(10, ge=0, le=19)
-    ch_writer_sched_idle: bool = False
+    ch_writer_sched_idle: bool = True
     api_host: str = "127.0.0.1"
     api_port: int = Field(8000, ge=1, le=65535)
     dashboard_port: int = Field(8265, ge=1, le=65535)
