@@ -37,6 +37,8 @@ DEFAULT_SPAN = {"30m": timedelta(days=1), "1h": timedelta(days=7), "1d": timedel
                 "1mo": timedelta(days=3 * 366)}
 _LENGTH = {"30m": timedelta(minutes=30), "1h": timedelta(hours=1), "1d": timedelta(days=1), "1mo": timedelta(days=28)}
 
+_EARLIEST_ZONE = timezone(timedelta(hours=14))  # Kiribati's Line Islands: the first to start a calendar day
+
 Interval = Literal["30m", "1h", "1d", "1mo"]
 
 aggregates_router = APIRouter(prefix="/api/v1", tags=["aggregates"])
@@ -104,8 +106,10 @@ def _sees(who: Principal, owner: UUID | None) -> bool:
     return staff or (owner is not None and owner == who.organisation_id)
 
 
-def _range(interval: str, start: datetime | None, end: datetime | None) -> tuple[datetime | date, datetime | date]:
-    hi = _utc(end) if end else datetime.now(timezone.utc)
+def _range(interval: str, start: datetime | None, end: datetime | None,
+           now: datetime | None = None) -> tuple[datetime | date, datetime | date]:
+    now = now or datetime.now(timezone.utc)
+    hi = _utc(end) if end else now
     lo = _utc(start) if start else hi - DEFAULT_SPAN[interval]
     if lo >= hi:
         raise HTTPException(422, "`from` must be earlier than `to`")
@@ -115,9 +119,14 @@ def _range(interval: str, start: datetime | None, end: datetime | None) -> tuple
     if interval in TIME_INTERVALS:
         return lo, hi
     # Calendar dates as the caller wrote them (in their own offset): the day (month) holding `from` up to the
-    # one holding the last instant before `to`, so the default `to` (now) includes today (this month).
+    # one holding the last instant before `to`. The default `to` (now) includes today in every device's
+    # calendar: the date now at the earliest offset (UTC+14), not the UTC date, which in Moscow from 21:00
+    # UTC is still yesterday.
     lo_d = lo.date()
-    hi_d = hi.date() if hi.timetz().replace(tzinfo=None) == datetime.min.time() else hi.date() + timedelta(days=1)
+    if end is None:
+        hi_d = now.astimezone(_EARLIEST_ZONE).date() + timedelta(days=1)
+    else:
+        hi_d = hi.date() if hi.timetz().replace(tzinfo=None) == datetime.min.time() else hi.date() + timedelta(days=1)
     if interval == "1mo":
         lo_d = lo_d.replace(day=1)
         if hi_d.day != 1:
