@@ -34,7 +34,7 @@ from confluent_kafka import Message
 from actors import metrics
 from actors.consumer_stage import ConsumerStage, StageHost
 from actors.known_devices import KnownDevices
-from actors.priority import lower_priority
+from actors.priority import idle_threads, lower_priority
 from actors.sink_input import storable
 from meterray.device_info import DeviceInfo
 from meterray.intervals import TimezoneError, zone
@@ -75,6 +75,7 @@ class ChWriterCore(ConsumerStage):
         self.device_records = 0
         self.rows = 0
         self._days: dict[tuple[str, int], date] = {}  # (zone, 15-minute bucket of ts) → local day
+        self._idle_merges = settings.ch_writer_sched_idle
 
     async def handle(self, messages: Sequence[Message]) -> None:
         timezones = await self._zones()
@@ -97,6 +98,8 @@ class ChWriterCore(ConsumerStage):
         metrics.sink_write_latency_ms().observe((time.perf_counter() - started) * 1000, tags={"sink": "clickhouse"})
         metrics.count(metrics.readings(), len(rows), stage=self.role)
         self.rows += len(rows)
+        if self._idle_merges:  # chDB starts merge threads as its parts call for them
+            idle_threads()
 
     async def _zones(self) -> dict[str, str]:
         """Device id → its own time zone. The first call copies the whole `devices` topic first, so every
@@ -160,8 +163,7 @@ class ChWriter(StageHost):
     pool_size = 1  # only for KnownDevices
 
     def __init__(self, settings: Settings, member: str) -> None:
-        # Before chDB starts its threads: they inherit it.
-        lower_priority(settings.ch_writer_niceness, settings.ch_writer_sched_idle)
+        lower_priority(settings.ch_writer_niceness)  # before chDB starts its threads: they inherit it
         super().__init__(settings, member)
         self._store = ClickHouseStore(settings.clickhouse, settings.clickhouse_database)
 

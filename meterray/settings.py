@@ -57,7 +57,8 @@ class Settings(BaseModel):
     # writer ~0.3 core and pushed the API's p99 past 100 ms (bench api, 2 cores).
     ch_batch_wait_s: float = Field(2.0, gt=0, le=60)
     # The writer's process yields the CPU to the API and the operational path (actors/priority.py): its
-    # threads at this niceness (0: unchanged) and, with sched_idle, only on a core nothing else wants.
+    # threads at this niceness (0: unchanged) and, with sched_idle, chDB's background merges only on a
+    # core nothing else wants.
     ch_writer_niceness: int = Field(10, ge=0, le=19)
     ch_writer_sched_idle: bool = True
     api_host: str = "127.0.0.1"

@@ -1,6 +1,6 @@
 """The ClickHouse writer's process yields the CPU: every thread it has, and every thread it starts
-later, runs at the niceness and scheduling policy asked for (checked in a process of its own, as the
-kernel reports them)."""
+later, runs at the niceness asked for; its background merge threads, found by name, run at SCHED_IDLE
+and nothing else does (checked in a process of its own, as the kernel reports it)."""
 from __future__ import annotations
 
 import json
@@ -10,8 +10,8 @@ import sys
 from meterray.settings import REPO_ROOT
 
 _PROBE = """
-import json, os, threading, time
-from actors.priority import lower_priority
+import ctypes, json, os, threading, time
+from actors.priority import idle_threads, lower_priority
 
 def nice(tid):
     with open(f"/proc/self/task/{tid}/stat") as f:
@@ -20,32 +20,33 @@ def nice(tid):
 def policy(tid):
     return {os.SCHED_OTHER: "other", os.SCHED_IDLE: "idle"}.get(os.sched_getscheduler(tid), "?")
 
+def named(name, stop):
+    ctypes.CDLL(None).prctl(15, name.encode(), 0, 0, 0)  # PR_SET_NAME: the kernel's thread name, as chDB sets it
+    stop.wait()
+
 stop = threading.Event()
-early = threading.Thread(target=stop.wait); early.start()  # started before: set by the call
-lower_priority(NICENESS, IDLE)
-late = threading.Thread(target=stop.wait); late.start()  # started after: inherits it
+early = threading.Thread(target=named, args=("MergeMutate", stop)); early.start()  # started before: set by the call
+lower_priority(7)
+late = [threading.Thread(target=named, args=(n, stop)) for n in ("BgSchPool", "ThreadPool")]  # inherit it
+for t in late: t.start()
 time.sleep(0.1)
-print(json.dumps({t: [nice(int(t)), policy(int(t))] for t in os.listdir("/proc/self/task")}))
+changed = [idle_threads(), idle_threads()]  # the second finds nothing left to change
+threads = {}
+for tid in os.listdir("/proc/self/task"):
+    with open(f"/proc/self/task/{tid}/comm") as f:
+        threads[tid] = [f.read().strip(), nice(int(tid)), policy(int(tid))]
+print(json.dumps({"changed": changed, "threads": threads}))
 stop.set()
 """
 
 
-def _threads(niceness: int, idle: bool) -> dict[str, list[object]]:
-    probe = f"NICENESS, IDLE = {niceness}, {idle}\n{_PROBE}"
-    out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, cwd=REPO_ROOT,
+def test_every_thread_runs_at_the_niceness_asked_and_only_merges_at_sched_idle() -> None:
+    out = subprocess.run([sys.executable, "-c", _PROBE], capture_output=True, text=True, cwd=REPO_ROOT,
                          check=True, timeout=60)
-    threads: dict[str, list[object]] = json.loads(out.stdout.strip().splitlines()[-1])
-    assert len(threads) >= 3  # the main thread and both others
-    return threads
-
-
-def test_every_thread_before_and_after_runs_at_the_niceness_asked() -> None:
-    threads = _threads(7, False)
-    assert {(n, p) for n, p in threads.values()} == {(7, "other")}, threads
-
-
-def test_every_thread_before_and_after_runs_idle_when_asked() -> None:
-    threads = _threads(0, True)
-    assert {(n, p) for n, p in threads.values()} == {(0, "idle")}, threads
-    threads = _threads(10, True)
-    assert {(n, p) for n, p in threads.values()} == {(10, "idle")}, threads
+    result = json.loads(out.stdout.strip().splitlines()[-1])
+    threads = result["threads"].values()
+    assert len(threads) >= 4  # the main thread and the three others
+    assert {n for _, n, _ in threads} == {7}, threads
+    assert sorted(name for name, _, p in threads if p == "idle") == ["BgSchPool", "MergeMutate"], threads
+    assert {p for name, _, p in threads if name not in ("BgSchPool", "MergeMutate")} == {"other"}, threads
+    assert result["changed"] == [2, 0]
